@@ -1,0 +1,388 @@
+"""DDPM (Ho et al. 2020) read as a hierarchical VAE: a scheduler that exposes the Gaussian posterior
+q(x_{t-1} | x_t, x_0) = N(mu~_t(x_t, x_0), beta~_t I) and the model's p(x_{t-1} | x_t) in closed form.
+
+Indices follow diffusers: timestep index t in [0, T) is the lecture's t + 1, so index 0 is the decoder step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .beta_schedules import BETA_SCHEDULES, make_betas
+from .validation import check_choice, check_positive_float, check_positive_int
+
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+@dataclass
+class DDPMPosteriorSchedulerOutput(BaseOutput):
+    """Output of `DDPMPosteriorScheduler.step`.
+
+    Args:
+        prev_sample (`torch.Tensor`): x_{t-1}, the next input of the denoising loop.
+        pred_original_sample (`torch.Tensor`): the model's estimate of x_0 (after clipping/thresholding).
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class PosteriorMeanVariance(NamedTuple):
+    """Mean, variance and log-variance of a Gaussian over x_{t-1}, and the x_0 it was built from."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def posterior_chain(alphas_cumprod: np.ndarray, betas: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Posterior coefficients, in float64, of the Markov chain through timesteps with the given alpha_bar.
+
+    The chain may be the full training chain or a respaced subset of it (Nichol & Dhariwal 2021, sec. 4):
+    each step's beta is recomputed as 1 - alpha_bar_t / alpha_bar_prev so that beta~ stays the true posterior
+    variance of the kept steps. The training chain passes its `betas` to keep them exactly as configured.
+    """
+    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    if betas is None:
+        betas = 1.0 - alphas_cumprod / alphas_cumprod_prev
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    # beta~ is 0 at the first step; the DDPM code clips the log to the next step's value so that the decoder
+    # term and learned_range stay finite. A one-step chain has no next step: fall back to log beta.
+    first = posterior_variance[1] if len(betas) > 1 else betas[0]
+    return {
+        "betas": betas,
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": alphas_cumprod_prev,
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": np.log(np.append(first, posterior_variance[1:])),
+        "large_log_variance": np.log(np.append(first, betas[1:])),
+        "log_betas": np.log(betas),
+        "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod),
+    }
+
+
+def _extract(values: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] as `like`'s dtype and device, shaped to broadcast against `like` (t: int, 0-d or (B,))."""
+    t = torch.as_tensor(t, device=values.device, dtype=torch.long)
+    out = values[t].to(device=like.device, dtype=like.dtype)
+    if out.ndim == 1:
+        out = out.reshape(-1, *([1] * (like.ndim - 1)))
+    return out
+
+
+class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
+    """DDPM scheduler that exposes the posterior q(x_{t-1} | x_t, x_0), the model's p(x_{t-1} | x_t) and the
+    schedules behind both, all derived in float64.
+
+    The config is diffusers' `DDPMScheduler` config, key for key and with the same meaning, so
+    `DDPMPosteriorScheduler.from_config(DDPMScheduler().config)` and the reverse both work. Differences from
+    diffusers, all in the math rather than the interface: schedules are float64; the log-variance at t = 0 is
+    clipped to log beta~ of the next step (as in the DDPM code) instead of log(1e-20); `fixed_large` uses that
+    same value at t = 0; `*_log` variance types are the same distributions as their plain names (no NaN path);
+    `learned` reads the model's extra channels as a log-variance (as improved-diffusion does).
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): number of diffusion steps T (at least 2).
+        beta_start (`float`, defaults to 0.0001): first beta of the linear-type schedules.
+        beta_end (`float`, defaults to 0.02): last beta of the linear-type schedules.
+        beta_schedule (`str`, defaults to `"linear"`): `"linear"`, `"scaled_linear"`, `"squaredcos_cap_v2"`,
+            `"sigmoid"` or `"laplace"`.
+        trained_betas (`list[float]`, *optional*): explicit betas (length T), overriding the schedule.
+        variance_type (`str`, defaults to `"fixed_small"`): `"fixed_small"` (beta~_t), `"fixed_large"` (beta_t),
+            `"learned"` (model log-variance), `"learned_range"` (log-space interpolation between beta~_t and
+            beta_t), or the `*_log` aliases of the fixed types.
+        clip_sample (`bool`, defaults to `True`): clip the predicted x_0 to [-clip_sample_range, clip_sample_range].
+        prediction_type (`str`, defaults to `"epsilon"`): `"epsilon"`, `"sample"` (x_0) or `"v_prediction"`.
+        thresholding (`bool`, defaults to `False`): dynamic thresholding of x_0 (Saharia et al. 2022).
+        dynamic_thresholding_ratio (`float`, defaults to 0.995): percentile used by thresholding.
+        clip_sample_range (`float`, defaults to 1.0): clipping bound.
+        sample_max_value (`float`, defaults to 1.0): largest threshold of dynamic thresholding.
+        timestep_spacing (`str`, defaults to `"leading"`): `"linspace"`, `"leading"` or `"trailing"`.
+        steps_offset (`int`, defaults to 0): offset added to `"leading"` inference timesteps.
+        rescale_betas_zero_snr (`bool`, defaults to `False`): rescale betas to zero terminal SNR.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        check_positive_int("num_train_timesteps", num_train_timesteps, minimum=2)
+        if trained_betas is None:
+            check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        elif len(trained_betas) != num_train_timesteps:
+            raise ValueError(
+                f"trained_betas has {len(trained_betas)} values but num_train_timesteps={num_train_timesteps}"
+            )
+        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        check_positive_float("clip_sample_range", clip_sample_range)
+        check_positive_int("steps_offset", steps_offset, minimum=0)
+
+        betas = make_betas(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+        )
+        if not np.all((betas > 0) & (betas <= 1)):
+            raise ValueError(
+                f"the betas from beta_start={beta_start}, beta_end={beta_end}, beta_schedule={beta_schedule!r} "
+                "must lie in (0, 1]"
+            )
+        chain = posterior_chain(np.cumprod(1.0 - betas), betas)
+        self._train_chain = {k: torch.from_numpy(v) for k, v in chain.items()}
+        self.betas = self._train_chain["betas"]
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = self._train_chain["alphas_cumprod"]
+        self.alphas_cumprod_prev = self._train_chain["alphas_cumprod_prev"]
+        self.posterior_variance = self._train_chain["posterior_variance"]
+        self.posterior_log_variance_clipped = self._train_chain["posterior_log_variance_clipped"]
+        self.posterior_mean_coef1 = self._train_chain["posterior_mean_coef1"]
+        self.posterior_mean_coef2 = self._train_chain["posterior_mean_coef2"]
+
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.long)
+        self._set_sampling_chain(np.arange(num_train_timesteps))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Forward process q
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """DDPM feeds x_t to the model unscaled; kept for the diffusers scheduler interface."""
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """q_sample: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, per-sample `timesteps`."""
+        alpha_bar = _extract(self.alphas_cumprod, timesteps, original_samples)
+        return alpha_bar.sqrt() * original_samples + (1.0 - alpha_bar).sqrt() * noise
+
+    q_sample = add_noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022), the v_prediction target."""
+        alpha_bar = _extract(self.alphas_cumprod, timesteps, sample)
+        return alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * sample
+
+    def q_mean_variance(self, x0: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Mean, variance and log-variance of q(x_t | x_0)."""
+        alpha_bar = _extract(self.alphas_cumprod, t, x0)
+        variance = (1.0 - alpha_bar).expand_as(x0)
+        return alpha_bar.sqrt() * x0, variance, variance.log()
+
+    def q_posterior_mean_variance(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean mu~_t(x_t, x_0), variance beta~_t and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+        mean = _extract(self.posterior_mean_coef1, t, x_t) * x0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
+        variance = _extract(self.posterior_variance, t, x_t).expand_as(x_t)
+        log_variance = _extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+        return mean, variance, log_variance
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Reverse process p
+    def predict_start_from_model_output(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """x_0 implied by the model output under `prediction_type`, before clipping."""
+        alpha_bar = _extract(self.alphas_cumprod, t, x_t)
+        if self.config.prediction_type == "epsilon":
+            return (x_t - (1.0 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
+        if self.config.prediction_type == "sample":
+            return model_output
+        return alpha_bar.sqrt() * x_t - (1.0 - alpha_bar).sqrt() * model_output
+
+    def _split_variance(self, model_output: torch.Tensor, sample: torch.Tensor):
+        learned = self.config.variance_type in ("learned", "learned_range")
+        if learned and model_output.shape[1] == 2 * sample.shape[1]:
+            return torch.split(model_output, sample.shape[1], dim=1)
+        if learned:
+            raise ValueError(
+                f"variance_type={self.config.variance_type!r} needs a model output with 2 * {sample.shape[1]} "
+                f"channels (mean and variance), got {model_output.shape[1]}"
+            )
+        return model_output, None
+
+    def _process_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.config.thresholding:
+            return self._threshold_sample(x0)
+        if self.config.clip_sample:
+            return x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        return x0
+
+    def _threshold_sample(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding: per sample, s = quantile(|x_0|, ratio) clamped to [1, sample_max_value];
+        x_0 is clipped to [-s, s] and divided by s."""
+        flat = x0.reshape(x0.shape[0], -1)
+        work = flat.float() if flat.dtype not in (torch.float32, torch.float64) else flat
+        s = torch.quantile(work.abs(), self.config.dynamic_thresholding_ratio, dim=1, keepdim=True)
+        s = s.clamp(min=1.0, max=self.config.sample_max_value)
+        return (torch.maximum(torch.minimum(work, s), -s) / s).reshape(x0.shape).to(x0.dtype)
+
+    def _p_mean_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t, position, chain: dict[str, torch.Tensor]
+    ) -> PosteriorMeanVariance:
+        eps_or_x0, variance_values = self._split_variance(model_output, x_t)
+        x0 = self._process_x0(self.predict_start_from_model_output(eps_or_x0, x_t, t))
+        mean = (
+            _extract(chain["posterior_mean_coef1"], position, x_t) * x0
+            + _extract(chain["posterior_mean_coef2"], position, x_t) * x_t
+        )
+        variance_type = self.config.variance_type
+        if variance_type in ("fixed_small", "fixed_small_log"):
+            log_variance = _extract(chain["posterior_log_variance_clipped"], position, x_t).expand_as(x_t)
+        elif variance_type in ("fixed_large", "fixed_large_log"):
+            log_variance = _extract(chain["large_log_variance"], position, x_t).expand_as(x_t)
+        elif variance_type == "learned":
+            log_variance = variance_values
+        else:
+            min_log = _extract(chain["posterior_log_variance_clipped"], position, x_t)
+            max_log = _extract(chain["log_betas"], position, x_t)
+            frac = (variance_values + 1.0) / 2.0
+            log_variance = frac * max_log + (1.0 - frac) * min_log
+        return PosteriorMeanVariance(mean, log_variance.exp(), log_variance, x0)
+
+    def p_mean_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> PosteriorMeanVariance:
+        """Mean, variance, log-variance of p_theta(x_{t-1} | x_t) on the training chain, and the predicted x_0.
+
+        Args:
+            model_output (`torch.Tensor`): the network's output at (x_t, t); 2C channels for learned variances.
+            x_t (`torch.Tensor`): the noisy sample.
+            t (`int` or `torch.Tensor`): training timestep index, a scalar or one per sample.
+        """
+        return self._p_mean_variance(model_output, x_t, t, t, self._train_chain)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Sampling
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Choose the timesteps of the sampling chain, spaced by `timestep_spacing` as in diffusers, and
+        recompute the posterior of the kept steps.
+
+        Args:
+            num_inference_steps (`int`, *optional*): number of sampling steps (at most `num_train_timesteps`).
+            device (`str` or `torch.device`, *optional*): where to put `timesteps`.
+            timesteps (`list[int]`, *optional*): explicit descending timesteps instead of `num_inference_steps`.
+        """
+        num_train = self.config.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps or timesteps")
+        if timesteps is not None:
+            steps = np.asarray(timesteps, dtype=np.int64)
+            if steps.ndim != 1 or len(steps) == 0 or np.any(np.diff(steps) >= 0):
+                raise ValueError(f"timesteps must be a non-empty strictly descending list, got {timesteps!r}")
+            self.custom_timesteps, self.num_inference_steps = True, None
+        else:
+            check_positive_int("num_inference_steps", num_inference_steps)
+            if num_inference_steps > num_train:
+                raise ValueError(
+                    f"num_inference_steps={num_inference_steps} cannot exceed num_train_timesteps={num_train}"
+                )
+            spacing = self.config.timestep_spacing
+            if spacing == "linspace":
+                steps = np.linspace(0, num_train - 1, num_inference_steps).round()[::-1].astype(np.int64)
+            elif spacing == "leading":
+                ratio = num_train // num_inference_steps
+                steps = (np.arange(num_inference_steps) * ratio).round()[::-1].astype(np.int64)
+                steps = steps + self.config.steps_offset
+            else:
+                ratio = num_train / num_inference_steps
+                steps = np.round(np.arange(num_train, 0, -ratio)).astype(np.int64) - 1
+            self.custom_timesteps, self.num_inference_steps = False, num_inference_steps
+        if steps.min() < 0 or steps.max() >= num_train:
+            raise ValueError(f"timesteps must lie in [0, {num_train - 1}], got {steps.tolist()}")
+
+        self._set_sampling_chain(steps[::-1].copy())
+        self.timesteps = torch.from_numpy(steps.copy()).to(device)
+
+    def _set_sampling_chain(self, ascending: np.ndarray) -> None:
+        if len(ascending) == self.config.num_train_timesteps:
+            self._sampling_chain = self._train_chain
+        else:
+            chain = posterior_chain(self.alphas_cumprod.numpy()[ascending])
+            self._sampling_chain = {k: torch.from_numpy(v) for k, v in chain.items()}
+        self._chain_timesteps = [int(t) for t in ascending]
+        self._chain_position = {t: i for i, t in enumerate(self._chain_timesteps)}
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep the sampling chain goes to from `timestep` (-1 after the last step)."""
+        position = self._position(timestep)
+        return -1 if position == 0 else self._chain_timesteps[position - 1]
+
+    def _position(self, timestep: int | torch.Tensor) -> int:
+        t = int(timestep)
+        if t not in self._chain_position:
+            raise ValueError(
+                f"timestep={t} is not in the sampling chain; call set_timesteps first or pass one of "
+                f"{self.timesteps.tolist()}"
+            )
+        return self._chain_position[t]
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> DDPMPosteriorSchedulerOutput | tuple:
+        """Ancestral step x_t -> x_{t-1} ~ p_theta(x_{t-1} | x_t) along the sampling chain.
+
+        The noise is drawn exactly as diffusers' `DDPMScheduler.step` draws it (only when t > 0, with
+        `randn_tensor` and the caller's generator), so both give the same samples for the same seed.
+
+        Args:
+            model_output (`torch.Tensor`): the network's output at (sample, timestep).
+            timestep (`int`): current timestep, one of `timesteps`.
+            sample (`torch.Tensor`): x_t.
+            generator (`torch.Generator`, *optional*): random generator for the noise.
+            return_dict (`bool`, defaults to `True`): return a `DDPMPosteriorSchedulerOutput` instead of a tuple.
+        """
+        t = int(timestep)
+        position = self._position(t)
+        out = self._p_mean_variance(model_output, sample, t, position, self._sampling_chain)
+        prev_sample = out.mean
+        if t > 0:
+            noise = randn_tensor(out.mean.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            if position > 0:
+                prev_sample = prev_sample + (0.5 * out.log_variance).exp() * noise
+        if not return_dict:
+            return prev_sample, out.pred_original_sample
+        return DDPMPosteriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out.pred_original_sample)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

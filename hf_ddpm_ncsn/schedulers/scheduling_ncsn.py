@@ -1,0 +1,216 @@
+"""Annealed Langevin dynamics (Song & Ermon 2019) as a diffusers scheduler.
+
+Noise levels sigma_0 = sigma_min < ... < sigma_{T-1} = sigma_max are geometric; a larger index is more noise,
+as in diffusers. At level t the chain runs L updates x <- x + (eta_t / 2) s(x, sigma_t) + sqrt(eta_t) z with
+eta_t = step_size * sigma_t^2 / sigma_min^2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .validation import check_choice, check_positive_float, check_positive_int
+
+PREDICTION_TYPES = ("epsilon", "score")
+TIME_EMBEDDING_TYPES = ("positional", "fourier", "learned")
+
+
+@dataclass
+class NCSNSchedulerOutput(BaseOutput):
+    """Output of `NCSNScheduler.step`.
+
+    Args:
+        prev_sample (`torch.Tensor`): the sample after this update, the next input of the loop.
+    """
+
+    prev_sample: torch.Tensor
+
+
+def langevin_update(sample: torch.Tensor, score: torch.Tensor, eta: float, noise: torch.Tensor) -> torch.Tensor:
+    """One unadjusted Langevin step x + (eta / 2) s + sqrt(eta) z."""
+    return sample + 0.5 * eta * score + math.sqrt(eta) * noise
+
+
+def tweedie_denoise(sample: torch.Tensor, score: torch.Tensor, sigma: float) -> torch.Tensor:
+    """E[x_0 | x] = x + sigma^2 grad log q_sigma(x) for x = x_0 + sigma z (Tweedie's formula)."""
+    return sample + sigma**2 * score
+
+
+class NCSNScheduler(SchedulerMixin, ConfigMixin):
+    """Annealed Langevin dynamics sampler for noise-conditional score networks.
+
+    After `set_timesteps()`, `timesteps` lists the level indices from the noisiest down, each repeated
+    `num_langevin_steps` times; with `denoise_final` one extra entry (level 0) is appended, and the `step` call
+    that consumes it applies the Tweedie denoise x + sigma_min^2 s instead of a Langevin update. A plain
+    `for t in scheduler.timesteps: x = scheduler.step(model(x, t), t, x).prev_sample` therefore runs the whole
+    chain, starting from `init_noise_sigma * randn`. The scheduler counts its `step` calls to recognise that
+    last entry; `set_timesteps` resets the count, and it wraps around after a complete chain.
+
+    `step_size` is eps in eta_t = eps * sigma_t^2 / sigma_min^2 for the update x + (eta_t / 2) s + sqrt(eta_t) z.
+    The original NCSN code writes the update as x + alpha s + sqrt(2 alpha) z with alpha = step_lr *
+    sigma_t^2 / sigma_min^2, so its step_lr is step_size / 2: the default 4e-5 is its step_lr = 2e-5.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 10): number of noise levels T.
+        sigma_min (`float`, defaults to 0.01): smallest noise level, `sigmas[0]`.
+        sigma_max (`float`, defaults to 1.0): largest noise level, `sigmas[-1]` and `init_noise_sigma`.
+        num_langevin_steps (`int`, defaults to 100): Langevin updates L per level.
+        step_size (`float`, defaults to 4e-5): eps of the step-size rule above.
+        denoise_final (`bool`, defaults to `True`): apply the Tweedie denoise after the last level (NCSNv2).
+        prediction_type (`str`, defaults to `"epsilon"`): what the model outputs: `"score"` (s itself, e.g. a
+            `time_embedding_type="fourier"` UNet2DModel, whose output is divided by sigma) or `"epsilon"`
+            (the noise, s = -output / sigma_t).
+    """
+
+    _compatibles: list[str] = []
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 10,
+        sigma_min: float = 0.01,
+        sigma_max: float = 1.0,
+        num_langevin_steps: int = 100,
+        step_size: float = 4e-5,
+        denoise_final: bool = True,
+        prediction_type: str = "epsilon",
+    ):
+        check_positive_int("num_train_timesteps", num_train_timesteps, minimum=2)
+        check_positive_float("sigma_min", sigma_min)
+        check_positive_float("sigma_max", sigma_max)
+        if sigma_min >= sigma_max:
+            raise ValueError(f"sigma_min={sigma_min} must be smaller than sigma_max={sigma_max}")
+        check_positive_int("num_langevin_steps", num_langevin_steps)
+        check_positive_float("step_size", step_size)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+
+        log_sigmas = np.linspace(math.log(sigma_min), math.log(sigma_max), num_train_timesteps, dtype=np.float64)
+        self.sigmas = torch.from_numpy(np.exp(log_sigmas))
+        self.init_noise_sigma = float(sigma_max)
+        self.set_timesteps()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        num_langevin_steps: int | None = None,
+        device: str | torch.device | None = None,
+        step_size: float | None = None,
+    ) -> None:
+        """Lay out the annealed chain.
+
+        Args:
+            num_inference_steps (`int`, *optional*): number of noise levels to visit (default: all). A smaller
+                number keeps a subset of the trained levels evenly spread in log sigma, always including
+                sigma_min and sigma_max (for two or more levels).
+            num_langevin_steps (`int`, *optional*): Langevin updates per level (default: the config's).
+            device (`str` or `torch.device`, *optional*): where to put `timesteps`.
+            step_size (`float`, *optional*): eps for this chain (default: the config's).
+        """
+        num_train = self.config.num_train_timesteps
+        num_levels = num_train if num_inference_steps is None else num_inference_steps
+        check_positive_int("num_inference_steps", num_levels)
+        if num_levels > num_train:
+            raise ValueError(
+                f"num_inference_steps={num_levels} cannot exceed the {num_train} trained noise levels "
+                "(num_train_timesteps)"
+            )
+        self.num_langevin_steps = self.config.num_langevin_steps if num_langevin_steps is None else num_langevin_steps
+        check_positive_int("num_langevin_steps", self.num_langevin_steps)
+        self.step_size = self.config.step_size if step_size is None else step_size
+        check_positive_float("step_size", self.step_size)
+
+        # sigmas are geometric, so evenly spaced indices are evenly spaced in log sigma
+        levels = np.linspace(0, num_train - 1, num_levels).round().astype(np.int64)[::-1]
+        chain = np.repeat(levels, self.num_langevin_steps)
+        if self.config.denoise_final:
+            chain = np.append(chain, 0)
+        self.num_inference_steps = num_levels
+        self.timesteps = torch.from_numpy(chain).to(device)
+        self._step_index = 0
+
+    @property
+    def step_index(self) -> int:
+        """Position in `timesteps` of the next `step` call."""
+        return self._step_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """NCSN feeds x unscaled; kept for the diffusers scheduler interface."""
+        return sample
+
+    def model_timestep(self, timestep: int | torch.Tensor, time_embedding_type: str = "positional") -> torch.Tensor:
+        """The value to pass to the network as its timestep at level index `timestep`.
+
+        Args:
+            timestep (`int` or `torch.Tensor`): level index, a scalar or one per sample.
+            time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`:
+                `"positional"`/`"learned"` embed the index; `"fourier"` embeds log sigma and divides its output
+                by sigma, so it gets sigma_t.
+        """
+        check_choice("time_embedding_type", time_embedding_type, TIME_EMBEDDING_TYPES)
+        t = torch.as_tensor(timestep, dtype=torch.long)
+        if time_embedding_type == "fourier":
+            return self.sigmas[t.cpu()].to(device=t.device, dtype=torch.float32)
+        return t
+
+    def score_from_model_output(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """The score s(x, sigma_t) implied by the model output under `prediction_type`."""
+        if self.config.prediction_type == "score":
+            return model_output
+        return -model_output / self.sigma_for(timestep, sample)
+
+    def sigma_for(self, timestep: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """sigma_t as `like`'s dtype and device, shaped to broadcast against it (one level or one per sample)."""
+        sigma = self.sigmas[torch.as_tensor(timestep, dtype=torch.long).cpu()].to(like.device, like.dtype)
+        return sigma.reshape(-1, *([1] * (like.ndim - 1))) if sigma.ndim == 1 else sigma
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: int | torch.Tensor
+    ) -> torch.Tensor:
+        """x_t = x_0 + sigma_t * noise, with one level index per sample (or one for all)."""
+        return original_samples + self.sigma_for(timesteps, original_samples) * noise
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> NCSNSchedulerOutput | tuple:
+        """One Langevin update at level `timestep` (or the final Tweedie denoise, see the class docstring).
+
+        Args:
+            model_output (`torch.Tensor`): the network's output at (sample, level).
+            timestep (`int`): level index, as listed in `timesteps`.
+            sample (`torch.Tensor`): current sample.
+            generator (`torch.Generator`, *optional*): random generator for the Langevin noise.
+            return_dict (`bool`, defaults to `True`): return an `NCSNSchedulerOutput` instead of a tuple.
+        """
+        t = int(timestep)
+        score = self.score_from_model_output(model_output, t, sample)
+        sigma = float(self.sigmas[t])
+        is_denoise = self.config.denoise_final and self._step_index == len(self.timesteps) - 1
+        if is_denoise:
+            prev_sample = tweedie_denoise(sample, score, sigma)
+        else:
+            eta = self.step_size * (sigma / self.config.sigma_min) ** 2
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            prev_sample = langevin_update(sample, score, eta, noise)
+        self._step_index = (self._step_index + 1) % len(self.timesteps)
+        if not return_dict:
+            return (prev_sample,)
+        return NCSNSchedulerOutput(prev_sample=prev_sample)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

@@ -1,0 +1,147 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from hf_ddpm_ncsn import DDPMPosteriorScheduler
+from hf_ddpm_ncsn.likelihood import (
+    discretized_gaussian_log_likelihood,
+    elbo_bpd,
+    normal_kl,
+    prior_bpd,
+    vb_terms_bpd,
+)
+
+BIN_CENTRES = torch.linspace(-1, 1, 256, dtype=torch.float64)
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def test_normal_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    m1, m2 = torch.randn(100, generator=g), torch.randn(100, generator=g)
+    lv1, lv2 = torch.randn(100, generator=g), torch.randn(100, generator=g)
+    expected = kl_divergence(Normal(m1, (0.5 * lv1).exp()), Normal(m2, (0.5 * lv2).exp()))
+    torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), expected)
+    torch.testing.assert_close(
+        normal_kl(m1, lv1, 0.0, 0.0), kl_divergence(Normal(m1, (0.5 * lv1).exp()), Normal(0, 1))
+    )
+    assert normal_kl(m1, lv1, m1, lv1).abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "mean, log_scale", [(0.0, -3.0), (0.3, -6.0), (-0.99, -1.0), (0.5, 1.5), (1.2, -4.0), (0.0, -9.0)]
+)
+def test_discretized_likelihood_sums_to_one_over_the_256_bins(mean, log_scale):
+    log_p = discretized_gaussian_log_likelihood(
+        BIN_CENTRES, means=torch.tensor(mean, dtype=torch.float64), log_scales=torch.tensor(log_scale)
+    )
+    assert torch.isfinite(log_p).all()
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_discretized_likelihood_matches_the_normal_cdf_and_stays_finite_in_the_tails():
+    std = 0.05
+    for x, mean in [(0.0, 0.0), (0.5, 0.4), (-1.0, -0.9), (1.0, 0.95)]:
+        upper = 1.0 if x == 1.0 else _normal_cdf((x + 1 / 255 - mean) / std)
+        lower = 0.0 if x == -1.0 else _normal_cdf((x - 1 / 255 - mean) / std)
+        got = discretized_gaussian_log_likelihood(
+            torch.tensor([x]), means=torch.tensor([mean]), log_scales=torch.tensor([math.log(std)])
+        )
+        assert got.item() == pytest.approx(math.log(upper - lower), rel=1e-5)
+    # 40 standard deviations away: the tanh approximation underflows, the log-space CDF does not
+    far = discretized_gaussian_log_likelihood(
+        torch.tensor([0.0, 0.0]), means=torch.tensor([2.0, -2.0]), log_scales=torch.tensor([math.log(0.05)] * 2)
+    )
+    assert torch.isfinite(far).all() and (far < -700).all()
+
+
+def test_prior_term_is_the_closed_form_kl():
+    s = DDPMPosteriorScheduler(num_train_timesteps=100, beta_start=1e-3, beta_end=0.05)
+    x0 = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    abar = float(np.prod(1 - np.linspace(1e-3, 0.05, 100)))
+    # KL(N(a x, 1 - a^2 ... )) per dimension: 0.5 (abar x^2 + (1 - abar) - 1 - log(1 - abar))
+    kl = 0.5 * (abar * x0**2 + (1 - abar) - 1 - math.log(1 - abar))
+    torch.testing.assert_close(prior_bpd(s, x0), kl.reshape(2, -1).mean(1) / math.log(2))
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(32, 224, (n, 1, 4, 4), generator=g).float() / 127.5 - 1
+
+
+def test_a_model_that_knows_x0_has_zero_kl_terms_and_a_closed_form_decoder_term():
+    # prediction_type="sample" with the true x_0: p_theta(x_{t-1} | x_t) = q(x_{t-1} | x_t, x_0) for every t >= 1
+    s = DDPMPosteriorScheduler(num_train_timesteps=50, beta_start=1e-3, beta_end=0.05, prediction_type="sample")
+    x0 = _images(3)
+
+    def oracle(x_t, t):
+        return x0.repeat(len(t) // len(x0), 1, 1, 1)
+
+    out = elbo_bpd(oracle, s, x0, generator=torch.Generator().manual_seed(0), batch_size=30)
+    assert out.terms.shape == (3, 50) and out.prior.shape == (3,) and out.bits_per_dim.shape == (3,)
+    assert out.terms[:, 1:].abs().max() < 1e-5
+    torch.testing.assert_close(out.bits_per_dim, out.terms[:, 0] + out.prior)
+    # L_0: the decoder is N(x_0, beta~_1) (mean coefficient 1 on x_0 at t = 0, log-variance clipped to beta~_1),
+    # so every pixel of an interior bin has probability 2 Phi(h / std) - 1 with h = 1/255
+    betas = np.linspace(1e-3, 0.05, 50)
+    abar = np.cumprod(1 - betas)
+    std = math.sqrt(betas[1] * (1 - abar[0]) / (1 - abar[1]))
+    expected = -math.log2(2 * _normal_cdf(1 / 255 / std) - 1)
+    torch.testing.assert_close(out.terms[:, 0], torch.full((3,), expected), rtol=1e-5, atol=1e-6)
+
+
+def test_kl_terms_of_a_biased_model_match_the_closed_form():
+    # x0_hat = x_0 + delta (clip off): the means differ by coef1_t * delta and the variances agree (fixed_small),
+    # so KL_t = coef1_t^2 delta^2 / (2 beta~_t) nats per pixel, whatever x_t is
+    delta = 0.1
+    s = DDPMPosteriorScheduler(num_train_timesteps=40, prediction_type="sample", clip_sample=False)
+    x0 = _images(2)
+
+    def biased(x_t, t):
+        return x0.repeat(len(t) // len(x0), 1, 1, 1) + delta
+
+    out = elbo_bpd(biased, s, x0, generator=torch.Generator().manual_seed(0))
+    betas = np.linspace(1e-4, 0.02, 40)
+    abar = np.cumprod(1 - betas)
+    abar_prev = np.append(1.0, abar[:-1])
+    coef1 = betas * np.sqrt(abar_prev) / (1 - abar)
+    var = betas * (1 - abar_prev) / (1 - abar)
+    expected = torch.from_numpy(coef1[1:] ** 2 * delta**2 / (2 * var[1:]) / math.log(2)).float()
+    torch.testing.assert_close(out.terms[:, 1:], expected.expand(2, -1), rtol=1e-4, atol=1e-7)
+
+
+def test_elbo_is_the_same_whatever_the_timestep_batching():
+    s = DDPMPosteriorScheduler(num_train_timesteps=20)
+    x0 = _images(2)
+
+    def model(x_t, t):
+        return 0.3 * x_t
+
+    one = elbo_bpd(model, s, x0, generator=torch.Generator().manual_seed(0), batch_size=2)
+    assert torch.isfinite(one.bits_per_dim).all()
+    calls = []
+    many = elbo_bpd(
+        model, s, x0, generator=torch.Generator().manual_seed(0), batch_size=8, progress=lambda c: calls.extend(c) or c
+    )
+    assert len(calls) == 5  # 20 timesteps, 4 per call
+    # the noise is drawn per chunk, so values differ but both are unbiased estimates of the same terms
+    torch.testing.assert_close(one.prior, many.prior)
+
+
+def test_vb_terms_pick_the_decoder_at_t0_and_kl_elsewhere():
+    s = DDPMPosteriorScheduler(num_train_timesteps=10)
+    x0 = _images(2)
+    x_t = s.add_noise(x0, torch.randn_like(x0), torch.tensor([0, 5]))
+    model_output = torch.zeros_like(x0)
+    terms = vb_terms_bpd(s, model_output, x0, x_t, torch.tensor([0, 5]))
+    p = s.p_mean_variance(model_output, x_t, torch.tensor([0, 5]))
+    decoder = -discretized_gaussian_log_likelihood(x0[:1], means=p.mean[:1], log_scales=0.5 * p.log_variance[:1])
+    assert terms[0].item() == pytest.approx(decoder.mean().item() / math.log(2), rel=1e-5)
+    q_mean, _, q_log_var = s.q_posterior_mean_variance(x0[1:], x_t[1:], 5)
+    kl = normal_kl(q_mean, q_log_var, p.mean[1:], p.log_variance[1:])
+    assert terms[1].item() == pytest.approx(kl.mean().item() / math.log(2), rel=1e-5)
