@@ -1,9 +1,31 @@
 """NCSN and DDPM as first-class diffusers schedulers and pipelines."""
 
 from . import likelihood, losses, ncsnv2
+from .diffusers_loading import register as _register_with_diffusers
+from .folder_checks import check_pipeline_folder
 from .likelihood import ELBOOutput
+from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from .schedulers import DDPMPosteriorScheduler, NCSNScheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["DDPMPosteriorScheduler", "ELBOOutput", "NCSNScheduler", "likelihood", "losses", "ncsnv2"]
+_register_with_diffusers(
+    {
+        "NCSNPipeline": NCSNPipeline,
+        "DDPMPosteriorPipeline": DDPMPosteriorPipeline,
+        "NCSNScheduler": NCSNScheduler,
+        "DDPMPosteriorScheduler": DDPMPosteriorScheduler,
+    },
+    folder_check=lambda folder, pipeline_class: check_pipeline_folder(folder, pipeline_class.loadable_class_names),
+)
+
+__all__ = [
+    "DDPMPosteriorPipeline",
+    "DDPMPosteriorScheduler",
+    "ELBOOutput",
+    "NCSNPipeline",
+    "NCSNScheduler",
+    "likelihood",
+    "losses",
+    "ncsnv2",
+]

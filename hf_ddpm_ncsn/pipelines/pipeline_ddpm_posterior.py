@@ -1,0 +1,118 @@
+"""DDPM ancestral sampling and the exact ELBO, term by term."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import ImagePipelineOutput, UNet2DModel
+
+from ..folder_checks import pipeline_class_name
+from ..likelihood import ELBOOutput, elbo_bpd
+from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
+from .shareable_pipeline import ShareablePipeline
+
+
+def _as_model_input(images: torch.Tensor) -> torch.Tensor:
+    """8-bit images as float in [-1, 1]: uint8 is scaled, float must already lie on the 256-bin grid."""
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1
+    if images.ndim != 4 or not torch.is_floating_point(images):
+        raise ValueError(
+            f"images must be a (B, C, H, W) uint8 or float tensor, got {images.dtype} {tuple(images.shape)}"
+        )
+    levels = (images.double() + 1) * 127.5
+    if images.min() < -1 or images.max() > 1 or (levels - levels.round()).abs().max() > 1e-3:
+        raise ValueError(
+            "images must be 8-bit data scaled to [-1, 1] (x = uint8 / 127.5 - 1): the likelihood is over 256 bins"
+        )
+    return images
+
+
+class DDPMPosteriorPipeline(ShareablePipeline):
+    """Unconditional image generation with a DDPM, and its likelihood through the ELBO.
+
+    Folders saved by diffusers' own `DDPMPipeline` (`UNet2DModel` + `DDPMScheduler`, the layout of the public DDPM
+    checkpoints) load too: their scheduler config becomes a `DDPMPosteriorScheduler`.
+
+    Args:
+        unet (`UNet2DModel`): the noise (or x_0, or v) network; 2C output channels for learned variances.
+        scheduler (`DDPMPosteriorScheduler`): the diffusion.
+    """
+
+    model_card_family = "ddpm"
+    loadable_class_names = ("DDPMPosteriorPipeline", "DDPMPipeline")
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMPosteriorScheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def _components_for_foreign_folder(cls, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if pipeline_class_name(folder) == "DDPMPipeline" and "scheduler" not in kwargs:
+            kwargs = {**kwargs, "scheduler": DDPMPosteriorScheduler.from_pretrained(folder, subfolder="scheduler")}
+        return kwargs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+    ) -> ImagePipelineOutput | tuple:
+        """Draw samples by ancestral sampling.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images.
+            generator (`torch.Generator` or a list of them, *optional*): makes sampling reproducible.
+            num_inference_steps (`int`, *optional*): sampling steps (default: all training steps); fewer steps
+                respace the chain with the scheduler's `timestep_spacing`.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` ((B, H, W, C) in [0, 1]) or `"pt"`
+                ((B, C, H, W) in [0, 1]).
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, tensors)` after each
+                step; may return `{"sample": ...}` to replace the sample.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
+        """
+        self._check_call_arguments(batch_size, output_type, callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps, device=device)
+
+        def model_step(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            model_output = self.unet(sample, t).sample
+            return self.scheduler.step(model_output, t, sample, generator=generator).prev_sample
+
+        sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+        sample = self._denoising_loop(sample, model_step, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        images = self._to_output(sample, output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @torch.no_grad()
+    def elbo(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+    ) -> ELBOOutput:
+        """Negative ELBO of each image in bits/dim, with every term (see `hf_ddpm_ncsn.likelihood`).
+
+        Args:
+            images (`torch.Tensor`): (B, C, H, W) 8-bit images, as uint8 or as float scaled to [-1, 1].
+            generator (`torch.Generator`, *optional*): random generator of the per-timestep noise.
+            batch_size (`int`, *optional*): largest number of UNet inputs per call; timesteps are batched together
+                up to it (default: one timestep per call).
+        """
+        x0 = _as_model_input(images).to(device=self._execution_device, dtype=self.unet.dtype)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.unet(x_t, t).sample
+
+        return elbo_bpd(
+            model_fn, self.scheduler, x0, generator=generator, batch_size=batch_size, progress=self.progress_bar
+        )

@@ -1,0 +1,75 @@
+"""Sampling a noise-conditional score network with annealed Langevin dynamics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import ImagePipelineOutput, UNet2DModel
+
+from ..schedulers.scheduling_ncsn import NCSNScheduler
+from .shareable_pipeline import ShareablePipeline
+
+
+class NCSNPipeline(ShareablePipeline):
+    """Unconditional image generation with an NCSN (Song & Ermon 2019).
+
+    The UNet is either a default `UNet2DModel`, fed the noise-level index, or one with
+    `time_embedding_type="fourier"`, fed sigma_t (it embeds log sigma and divides its output by sigma: NCSNv2's
+    s(x) / sigma); `NCSNScheduler.model_timestep` picks the value.
+
+    Args:
+        unet (`UNet2DModel`): the score (or noise) network.
+        scheduler (`NCSNScheduler`): the noise levels and the Langevin sampler.
+    """
+
+    model_card_family = "ncsn"
+    loadable_class_names = ("NCSNPipeline",)
+
+    def __init__(self, unet: UNet2DModel, scheduler: NCSNScheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        num_langevin_steps: int | None = None,
+        step_size: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+    ) -> ImagePipelineOutput | tuple:
+        """Draw samples by annealed Langevin dynamics.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images.
+            generator (`torch.Generator` or a list of them, *optional*): makes sampling reproducible.
+            num_inference_steps (`int`, *optional*): number of noise levels to visit (default: all trained ones;
+                fewer keeps a subset evenly spread in log sigma).
+            num_langevin_steps (`int`, *optional*): Langevin updates per level (default: the scheduler's).
+            step_size (`float`, *optional*): eps of eta_t = eps sigma_t^2 / sigma_min^2 (default: the scheduler's).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` ((B, H, W, C) in [0, 1]) or `"pt"`
+                ((B, C, H, W) in [0, 1]).
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, tensors)` after each
+                step; may return `{"sample": ...}` to replace the sample.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
+        """
+        self._check_call_arguments(batch_size, output_type, callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
+        embedding = self.unet.config.time_embedding_type
+
+        def model_step(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            model_output = self.unet(sample, self.scheduler.model_timestep(t, embedding).to(device)).sample
+            return self.scheduler.step(model_output, t, sample, generator=generator).prev_sample
+
+        sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+        sample = self._denoising_loop(sample, model_step, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        images = self._to_output(sample, output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -1,0 +1,248 @@
+"""What both pipelines share: safe saving and loading, model cards, pushing to the Hub, output conversion."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import make_image_grid
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..atomic import atomic_directory
+from ..diffusers_loading import finalize_saved_folder
+from ..folder_checks import check_pipeline_folder
+from ..hub import push_folder_to_hub, render_model_card
+from ..schedulers.validation import check_choice, check_positive_int
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# arguments of `from_pretrained` that matter for fetching a Hub repo before it is checked
+_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
+
+
+class ShareablePipeline(DiffusionPipeline):
+    """A `DiffusionPipeline` that writes safetensors only, refuses unsafe or broken folders with a clear error,
+    and shares itself on the Hub with a model card.
+
+    Subclasses set `model_card_family` (the template in `model_cards/`) and `loadable_class_names` (the
+    `model_index.json` classes their `from_pretrained` accepts).
+    """
+
+    model_card_family: str
+    loadable_class_names: tuple[str, ...]
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["sample"]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, allow_pickle: bool = False, **kwargs):
+        """Load from a folder or a Hub repo id, after checking the weights files.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a saved folder or a Hub repo id.
+            allow_pickle (`bool`, defaults to `False`): accept pickle (`.bin`) weights when a component has no
+                safetensors file. Pickle files can run arbitrary code: opt in only for files you trust.
+            kwargs: passed to `DiffusionPipeline.from_pretrained` (components, `torch_dtype`, `revision`, ...).
+        """
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
+        check_pipeline_folder(folder, cls.loadable_class_names, allow_pickle=allow_pickle)
+        return super().from_pretrained(folder, **cls._components_for_foreign_folder(folder, kwargs))
+
+    @classmethod
+    def _components_for_foreign_folder(cls, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Components to pass when `folder` was saved by another pipeline class (none by default)."""
+        return kwargs
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save safetensors weights, configs and the loader shim, atomically (see `atomic_directory`).
+
+        Other entries of an existing `save_directory` (checkpoints, logs, a model card) are kept.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): destination folder.
+            safe_serialization (`bool`, defaults to `True`): must stay `True`: pickle weights are never written.
+            variant (`str`, *optional*): weights file variant, e.g. `"fp16"`.
+            max_shard_size (`int` or `str`, *optional*): shard large weights.
+            push_to_hub (`bool`, defaults to `False`): then push the folder with `repo_id` (default: the folder
+                name), `token`, `private`, `commit_message`, `create_pr` taken from `kwargs`.
+        """
+        if not safe_serialization:
+            raise ValueError(
+                "safe_serialization=False would write pickle weights; hf_ddpm_ncsn saves safetensors only"
+            )
+        with atomic_directory(save_directory, marker="model_index.json") as staging:
+            super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+            finalize_saved_folder(staging, type(self))
+        if push_to_hub:
+            push_folder_to_hub(
+                save_directory,
+                kwargs.pop("repo_id", None) or Path(save_directory).name,
+                token=kwargs.pop("token", None),
+                private=kwargs.pop("private", None),
+                commit_message=kwargs.pop("commit_message", "Upload pipeline"),
+                create_pr=kwargs.pop("create_pr", False),
+            )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Sharing
+    def sample_grid(self, num_images: int = 16, seed: int = 0, **call_kwargs) -> PIL.Image.Image:
+        """A square-ish grid of `num_images` samples drawn with `torch.Generator().manual_seed(seed)`."""
+        images = self(
+            batch_size=num_images, generator=torch.Generator().manual_seed(seed), output_type="pil", **call_kwargs
+        ).images
+        cols = max(1, int(num_images**0.5))
+        rows = -(-num_images // cols)
+        blank = PIL.Image.new(images[0].mode, images[0].size)
+        return make_image_grid(images + [blank] * (rows * cols - num_images), rows=rows, cols=cols)
+
+    def save_model_card(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        repo_id: str | None = None,
+        dataset: str | None = None,
+        training: dict[str, Any] | None = None,
+        eval_results: dict[str, float] | None = None,
+        sample_grid: PIL.Image.Image | None = None,
+    ) -> None:
+        """Write README.md (the model card, from `model_cards/<family>.md`) and samples.png into the folder.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the saved pipeline folder.
+            repo_id (`str`, *optional*): the Hub repo the card describes (default: the folder name).
+            dataset (`str`, *optional*): training dataset name.
+            training (`dict`, *optional*): training arguments and results to list (secrets are dropped).
+            eval_results (`dict[str, float]`, *optional*): evaluation numbers.
+            sample_grid (`PIL.Image.Image`, *optional*): a grid of samples, saved as samples.png.
+        """
+        folder = Path(save_directory)
+        if sample_grid is not None:
+            sample_grid.save(folder / "samples.png")
+        card = render_model_card(
+            self.model_card_family,
+            repo_id=repo_id or folder.name,
+            scheduler_config=dict(self.scheduler.config),
+            unet_config=dict(self.unet.config),
+            dataset=dataset,
+            training=training,
+            eval_results=eval_results,
+            sample_grid="samples.png" if sample_grid is not None else None,
+        )
+        card.save(folder / "README.md")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str = "Upload pipeline",
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        *,
+        revision: str | None = None,
+        dataset: str | None = None,
+        training: dict[str, Any] | None = None,
+        eval_results: dict[str, float] | None = None,
+        sample_grid: PIL.Image.Image | None = None,
+        num_grid_images: int = 16,
+        grid_kwargs: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> str:
+        """Upload safetensors weights, configs, the loader shim, a model card and a sample grid to `repo_id`.
+
+        Everything is staged in a temporary folder first; a failed upload raises `HubPushError` and changes
+        nothing local. The token is never written to the card, the configs or the logs.
+
+        Args:
+            repo_id (`str`): target repo, e.g. `"user/ncsn-digits"`.
+            commit_message (`str`, defaults to `"Upload pipeline"`): commit message.
+            private (`bool`, *optional*): create the repo as private.
+            token (`str`, *optional*): Hub token (default: the logged-in one).
+            create_pr (`bool`, defaults to `False`): open a pull request instead of committing to the branch.
+            revision (`str`, *optional*): branch to push to.
+            dataset, training, eval_results: what the model card reports, see `save_model_card`.
+            sample_grid (`PIL.Image.Image`, *optional*): the grid to show; default: `num_grid_images` fresh samples.
+            num_grid_images (`int`, defaults to 16): size of the default grid (0 for none).
+            grid_kwargs (`dict`, *optional*): extra `__call__` arguments for the default grid (e.g. fewer steps).
+            endpoint (`str`, *optional*): Hub endpoint (default: `HF_ENDPOINT` or huggingface.co).
+        """
+        if sample_grid is None and num_grid_images:
+            sample_grid = self.sample_grid(num_grid_images, **(grid_kwargs or {}))
+        with tempfile.TemporaryDirectory() as staging:
+            self.save_pretrained(staging)
+            self.save_model_card(
+                staging,
+                repo_id=repo_id,
+                dataset=dataset,
+                training=training,
+                eval_results=eval_results,
+                sample_grid=sample_grid,
+            )
+            return push_folder_to_hub(
+                staging,
+                repo_id,
+                token=token,
+                private=private,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+                endpoint=endpoint,
+            )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Sampling helpers
+    def _check_call_arguments(
+        self, batch_size: int, output_type: str, callback_on_step_end_tensor_inputs: list[str]
+    ) -> None:
+        check_positive_int("batch_size", batch_size)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs has {unknown}; accepted values: {self._callback_tensor_inputs}"
+            )
+
+    def _initial_noise(self, batch_size: int, generator, scale: float) -> torch.Tensor:
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        shape = (batch_size, self.unet.config.in_channels, height, width)
+        return scale * randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+
+    def _denoising_loop(
+        self,
+        sample: torch.Tensor,
+        model_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> torch.Tensor:
+        """Run `sample = model_step(sample, t)` over the scheduler's timesteps with a progress bar and callbacks."""
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            sample = model_step(sample, t)
+            if callback_on_step_end is not None:
+                tensors = {"sample": sample}
+                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                sample = outputs.pop("sample", sample)
+        return sample
+
+    def _to_output(self, sample: torch.Tensor, output_type: str):
+        """Map samples in [-1, 1] to "pt" (B, C, H, W) or "np" (B, H, W, C) in [0, 1], or PIL images."""
+        images = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+        return array if output_type == "np" else self.numpy_to_pil(array)

@@ -1,0 +1,212 @@
+"""Saving and loading: safetensors only, every loading route in a fresh process, clear errors for broken folders."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+
+import hf_ddpm_ncsn.pipelines.shareable_pipeline as shareable_pipeline
+from hf_ddpm_ncsn import DDPMPosteriorPipeline, NCSNPipeline
+from hf_ddpm_ncsn.folder_checks import PipelineFolderError
+
+FACTORIES = {"NCSNPipeline": tiny_ncsn, "DDPMPosteriorPipeline": tiny_ddpm}
+
+
+def run_python(code: str, env: dict | None = None, cwd=None) -> str:
+    """Run `code` in a fresh interpreter, as a user would; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def _files(folder) -> set[str]:
+    return {os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs}
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_save_writes_safetensors_configs_and_the_shim(tmp_path, name):
+    FACTORIES[name]().save_pretrained(tmp_path)
+    assert _files(tmp_path) == {
+        "model_index.json",
+        "hf_ddpm_ncsn_pipeline.py",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    }
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    scheduler = name.replace("Pipeline", "Scheduler")
+    assert index["_class_name"] == ["hf_ddpm_ncsn_pipeline", name]
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", scheduler]
+    shim = (tmp_path / "hf_ddpm_ncsn_pipeline.py").read_text()
+    assert shim.count("\n") == 1 and shim.startswith("from hf_ddpm_ncsn import ")
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_round_trip_is_bit_identical(tmp_path, name):
+    pipe = FACTORIES[name]()
+    pipe.save_pretrained(tmp_path)
+    loaded = type(pipe).from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is type(pipe.scheduler)
+    for (k, a), (_, b) in zip(pipe.unet.state_dict().items(), loaded.unet.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    a = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    b = loaded(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert torch.equal(a, b)
+
+
+def test_pickle_weights_are_never_written():
+    with pytest.raises(ValueError, match="safe_serialization=False"):
+        tiny_ncsn().save_pretrained("unused", safe_serialization=False)
+
+
+def test_saving_into_an_existing_folder_keeps_other_entries_and_is_atomic(tmp_path, monkeypatch):
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "state.safetensors").write_bytes(b"x")
+    pipe = tiny_ncsn()
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "checkpoint-10" / "state.safetensors").exists()
+    before = {f: (tmp_path / f).read_bytes() for f in _files(tmp_path)}
+
+    def crash(folder, cls):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(shareable_pipeline, "finalize_saved_folder", crash)
+    pipe.scheduler.register_to_config(num_langevin_steps=7)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipe.save_pretrained(tmp_path)
+    assert {f: (tmp_path / f).read_bytes() for f in _files(tmp_path)} == before
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.endswith(".partial")]
+
+
+# --- every loading route, each in a fresh Python process -----------------------------------------------------
+
+ROUTES = {
+    "own class": "from hf_ddpm_ncsn import {cls}\npipe = {cls}.from_pretrained({src!r})",
+    "DiffusionPipeline after import": (
+        "import hf_ddpm_ncsn\nfrom diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained({src!r})"
+    ),
+    "trust_remote_code without import": (
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained({src!r}, trust_remote_code=True)\n"
+    ),
+}
+
+CHECK = """
+import torch
+torch.set_num_threads(1)  # as in the test process, so that the float reductions run in the same order
+pipe.set_progress_bar_config(disable=True)
+assert type(pipe).__name__ == {cls!r}, type(pipe)
+assert type(pipe.scheduler).__name__ == {cls!r}.replace("Pipeline", "Scheduler"), type(pipe.scheduler)
+images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+torch.save(images, {out!r})
+"""
+
+
+def check_route(route: str, cls: str, src: str, tmp_path, expected: torch.Tensor, env: dict | None = None) -> None:
+    out = str(tmp_path / f"{abs(hash(route))}.pt")
+    run_python(ROUTES[route].format(cls=cls, src=src) + CHECK.format(cls=cls, out=out), env=env, cwd=tmp_path)
+    assert torch.equal(torch.load(out), expected), route
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_loading_route_in_a_fresh_process(tmp_path, name, route):
+    pipe = FACTORIES[name]()
+    folder = tmp_path / "saved"
+    pipe.save_pretrained(folder)
+    expected = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    check_route(route, name, str(folder), tmp_path, expected, env={"HF_HOME": str(tmp_path / "hf_home")})
+
+
+def test_without_the_package_or_trust_diffusers_asks_for_trust_remote_code(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path / "saved")
+    code = f"""
+    from diffusers import DiffusionPipeline
+    try:
+        DiffusionPipeline.from_pretrained({str(tmp_path / "saved")!r})
+    except ValueError as err:
+        print(err)
+    """
+    assert "trust_remote_code=True" in run_python(code, env={"HF_HOME": str(tmp_path / "hf_home")})
+
+
+@pytest.mark.slow
+def test_our_ddpm_folder_loads_its_unet_and_scheduler_in_plain_diffusers(tmp_path):
+    tiny_ddpm().save_pretrained(tmp_path)
+    code = f"""
+    import sys
+    from diffusers import DDPMScheduler, UNet2DModel
+    unet = UNet2DModel.from_pretrained({str(tmp_path)!r}, subfolder="unet")
+    scheduler = DDPMScheduler.from_pretrained({str(tmp_path)!r}, subfolder="scheduler")
+    assert "hf_ddpm_ncsn" not in sys.modules
+    print(scheduler.config.num_train_timesteps, unet.config.sample_size)
+    """
+    assert run_python(code).split() == ["20", "8"]
+
+
+# --- broken folders ---------------------------------------------------------------------------------------------
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path)
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(PipelineFolderError, match="unet has no weights file .*re-save or re-download"):
+        NCSNPipeline.from_pretrained(tmp_path)
+
+
+def test_truncated_weights_file_is_named(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path)
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(PipelineFolderError, match="diffusion_pytorch_model.safetensors is truncated"):
+        NCSNPipeline.from_pretrained(tmp_path)
+    weights.write_bytes(b"\x01")
+    with pytest.raises(PipelineFolderError, match="truncated"):
+        NCSNPipeline.from_pretrained(tmp_path)
+
+
+def test_the_diffusion_pipeline_route_checks_the_folder_too(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    tiny_ncsn().save_pretrained(tmp_path)
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(PipelineFolderError, match="truncated"):
+        DiffusionPipeline.from_pretrained(tmp_path)
+
+
+def test_wrong_pipeline_class_is_named(tmp_path):
+    tiny_ddpm().save_pretrained(tmp_path)
+    with pytest.raises(PipelineFolderError, match="describes a 'DDPMPosteriorPipeline' pipeline.*NCSNPipeline"):
+        NCSNPipeline.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model_index.json is missing"):
+        NCSNPipeline.from_pretrained(tmp_path / "unet")
+
+
+def test_pickle_only_weights_need_an_explicit_opt_in(tmp_path):
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(
+        tmp_path, safe_serialization=False
+    )
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(PipelineFolderError, match="diffusion_pytorch_model.bin is a pickle file.*allow_pickle=True"):
+        DDPMPosteriorPipeline.from_pretrained(tmp_path)
+    pipe = DDPMPosteriorPipeline.from_pretrained(tmp_path, allow_pickle=True)
+    pipe.save_pretrained(tmp_path / "converted")
+    assert (tmp_path / "converted" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert isinstance(DDPMPosteriorPipeline.from_pretrained(tmp_path / "converted").unet, UNet2DModel)
