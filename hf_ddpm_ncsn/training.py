@@ -1,0 +1,437 @@
+"""The accelerate training loop shared by `scripts/train_ncsn.py` and `scripts/train_ddpm.py`.
+
+One CPU, several GPUs or several nodes: the same code under `accelerate launch`. On a machine without CUDA the
+Accelerator is built with `cpu=True`, so `accelerate launch --multi_gpu --num_processes N` forms one gloo group of
+N processes instead of N unrelated runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .data import check_images, infer_channels, load_image_dataset, make_dataloader
+from .families import DDPMFamily, NCSNFamily, json_safe, make_family
+from .hub import HubPushError, push_folder_to_hub
+from .training_args import TrainingArguments, parse_training_arguments
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "training_state.json"
+# enough points for sigma_max (NCSNv2 technique 1) without quadratic cost on large datasets
+MAX_POINTS_FOR_SIGMA_MAX = 4096
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops before anything is saved from the broken weights."""
+
+
+@dataclass
+class TrainingSummary:
+    """What a finished run reports (also written to `<output_dir>/metrics.json`)."""
+
+    family: str
+    global_step: int
+    num_processes: int
+    final_loss: float
+    wall_time_s: float
+    images_per_second: float
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    pushed_to: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (`checkpoint-<step>` with its state file), oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        and (p / STATE_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, global_step: int, limit: int | None) -> Path:
+    """`accelerator.save_state` into a staging folder, renamed into place once complete.
+
+    A crash mid-write leaves only a `.checkpoint-<step>.partial` folder, which `--resume_from_checkpoint latest`
+    ignores (and the next run removes), never a `checkpoint-<step>` that looks complete.
+    """
+    final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
+    staging = Path(output_dir) / f".{final.name}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / STATE_FILE).write_text(json.dumps({"global_step": global_step}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        checkpoints = list_checkpoints(output_dir)
+        for old in checkpoints[: max(0, len(checkpoints) - limit)] if limit else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> Path | None:
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume_from_checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"--resume_from_checkpoint {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Helpers
+def build_accelerator(args: TrainingArguments) -> Accelerator:
+    cpu = not torch.cuda.is_available()
+    if cpu and args.mixed_precision == "fp16":
+        raise ValueError("--mixed_precision fp16 needs a GPU; on CPU use bf16 or no")
+    project = ProjectConfiguration(
+        project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+    )
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.logger == "none" else args.logger,
+        project_config=project,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+
+
+def public_arguments(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> dict[str, Any]:
+    """Arguments worth recording (trackers, model card): everything but the token."""
+    values = {**vars(args), **vars(family.args)}
+    values.pop("hub_token", None)
+    return json_safe(values)
+
+
+def _stack_images(dataloader, limit: int) -> torch.Tensor:
+    batches, count = [], 0
+    for batch in dataloader:
+        batches.append(batch["pixel_values"])
+        count += len(batches[-1])
+        if count >= limit:
+            break
+    return torch.cat(batches)[:limit]
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def sample_grid(family, unet: UNet2DModel, scheduler, num_images: int, seed: int):
+    """A grid of samples from `unet` (the caller swaps the EMA weights in), on a copy of the scheduler."""
+    pipeline = family.pipeline(unet, type(scheduler).from_config(scheduler.config))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline, pipeline.sample_grid(num_images, seed=seed, **family.sample_kwargs())
+
+
+def _log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop
+def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingSummary:
+    """Train `family` on the data of `args`, then save (and push) the EMA pipeline with a model card."""
+    accelerator = build_accelerator(args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        for stale in Path(args.output_dir).glob(f".{CHECKPOINT_PREFIX}*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # data first: a bad path, column or image stops the run before any model is built
+    dataset = load_image_dataset(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.train_data_dir,
+        args.image_column,
+        split="train",
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+    )
+    check_images(dataset)
+    channels = infer_channels(dataset)
+    dataloader = make_dataloader(
+        dataset,
+        resolution=args.resolution,
+        channels=channels,
+        batch_size=args.train_batch_size,
+        center_crop=args.center_crop,
+        random_flip=args.random_flip,
+        num_workers=args.dataloader_num_workers,
+        seed=args.seed,
+    )
+
+    set_seed(args.seed)  # the same initial weights on every process
+    scheduler = family.build_scheduler(_stack_images(dataloader, MAX_POINTS_FOR_SIGMA_MAX))
+    unet = family.build_unet(args, channels)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=UNet2DModel,
+            model_config=unet.config,
+        )
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    dataloader = accelerator.prepare(dataloader)
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    set_seed(args.seed, device_specific=True)  # different noise on every process
+
+    global_step = 0
+    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        global_step = json.loads((resume_from / STATE_FILE).read_text())["global_step"]
+        logger.info("Resumed from %s at step %d", resume_from, global_step)
+    elif args.resume_from_checkpoint == "latest":
+        logger.info("No checkpoint in %s: starting a new run", args.output_dir)
+
+    if accelerator.is_main_process and args.logger != "none":
+        # trackers (tensorboard's hparams) take scalars only
+        config = {
+            k: v if isinstance(v, int | float | str | bool) else str(v)
+            for k, v in public_arguments(args, family).items()
+        }
+        accelerator.init_trackers(f"{family.name}-training", config=config)
+    logger.info(
+        "Training %s: %d images, %d channels, %d processes (%s), %d steps of %d x %d images",
+        family.name,
+        len(dataset),
+        channels,
+        accelerator.num_processes,
+        accelerator.distributed_type,
+        max_train_steps,
+        accelerator.num_processes * args.gradient_accumulation_steps,
+        args.train_batch_size,
+    )
+
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps"
+    )
+    loss_history: list[tuple[int, float]] = []
+    first_batch_digest = None
+    last_loss = float("nan")
+    start, images_seen = time.perf_counter(), 0
+    first_epoch = global_step // steps_per_epoch
+    skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:
+            break
+        dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, skip) if epoch == first_epoch and skip else dataloader
+        unet.train()
+        for batch in batches:
+            x0 = batch["pixel_values"]
+            if first_batch_digest is None:
+                first_batch_digest = _digest([x0])
+            with accelerator.accumulate(unet):
+                loss = family.loss(unet, scheduler, x0)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            images_seen += len(x0) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            mean_loss = accelerator.gather(loss.detach()[None]).float().mean().item()
+            if not math.isfinite(mean_loss):
+                checkpoints = list_checkpoints(args.output_dir)
+                raise NonFiniteLossError(
+                    f"the loss is {mean_loss} at step {global_step + 1}; stopping without saving. The last good "
+                    f"checkpoint is {checkpoints[-1] if checkpoints else 'none'}: resume from it with a lower "
+                    "--learning_rate or gradient clipping (--max_grad_norm)"
+                )
+            if ema is not None:
+                ema.step(unet.parameters())
+            global_step += 1
+            last_loss = mean_loss
+            loss_history.append((global_step, mean_loss))
+            progress.update(1)
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]}
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            accelerator.log(logs, step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+            if args.save_images_steps and global_step % args.save_images_steps == 0:
+                _preview(accelerator, family, unet, ema, scheduler, args, global_step)
+            if global_step >= max_train_steps:
+                break
+    progress.close()
+    wall = time.perf_counter() - start
+    accelerator.wait_for_everyone()
+    _write_process_report(accelerator, args, unet, first_batch_digest, global_step)
+
+    summary = TrainingSummary(
+        family=family.name,
+        global_step=global_step,
+        num_processes=accelerator.num_processes,
+        final_loss=last_loss,
+        wall_time_s=wall,
+        images_per_second=images_seen / wall if wall > 0 else float("nan"),
+        loss_history=loss_history,
+    )
+    if accelerator.is_main_process:
+        summary.pushed_to = _finish(accelerator, args, family, unet, ema, scheduler, summary)
+    accelerator.end_training()
+    return summary
+
+
+def _with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UNet2DModel:
+    """An unwrapped copy of the UNet carrying the EMA weights (the training weights are left alone)."""
+    model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
+    model.load_state_dict(accelerator.unwrap_model(unet).state_dict())
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    return model.eval()
+
+
+def _preview(accelerator, family, unet, ema, scheduler, args: TrainingArguments, step: int) -> None:
+    if accelerator.is_main_process:
+        _, grid = sample_grid(family, _with_ema_weights(accelerator, unet, ema), scheduler, args.num_preview_images, 0)
+        folder = Path(args.output_dir) / "previews"
+        folder.mkdir(exist_ok=True)
+        grid.save(folder / f"step-{step}.png")
+        _log_image(accelerator, "samples", grid, step)
+    accelerator.wait_for_everyone()
+
+
+def _write_process_report(accelerator, args: TrainingArguments, unet, first_batch_digest, global_step) -> None:
+    """Each process records what it saw: the world size, its first batch and its final weights (a distributed
+    run must end with identical weights on every process and different data on each)."""
+    folder = Path(args.output_dir) / args.logging_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {
+        "process_index": accelerator.process_index,
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "global_step": global_step,
+        "first_batch_sha256": first_batch_digest,
+        "parameters_sha256": _digest(accelerator.unwrap_model(unet).parameters()),
+    }
+    (folder / f"process-{accelerator.process_index}.json").write_text(json.dumps(report, indent=2))
+
+
+def _finish(
+    accelerator, args: TrainingArguments, family, unet, ema, scheduler, summary: TrainingSummary
+) -> str | None:
+    """Save the EMA pipeline, its samples, metrics and model card; push when asked. Main process only."""
+    model = _with_ema_weights(accelerator, unet, ema)
+    pipeline, grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
+    pipeline.save_pretrained(args.output_dir)
+    metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
+    Path(args.output_dir, "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
+    eval_report = Path(args.output_dir, "eval", "report.json")
+    eval_results = json.loads(eval_report.read_text()).get("model_card_metrics") if eval_report.is_file() else None
+    training = {
+        **public_arguments(args, family),
+        "steps": summary.global_step,
+        "processes": summary.num_processes,
+        "final_loss": round(summary.final_loss, 5),
+        "wall_time_s": round(summary.wall_time_s, 1),
+    }
+    dataset = args.dataset_name or (Path(args.train_data_dir).name if args.train_data_dir else "digits")
+    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+    pipeline.save_model_card(
+        args.output_dir,
+        repo_id=repo_id,
+        dataset=dataset,
+        training=training,
+        eval_results=eval_results,
+        sample_grid=grid,
+    )
+    _log_image(accelerator, "final_samples", grid, summary.global_step)
+    logger.info("Saved the %s pipeline to %s", family.name, args.output_dir)
+    if not args.push_to_hub:
+        return None
+    try:
+        return push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
+    except HubPushError as err:
+        logger.error("%s", err)
+        raise
+
+
+def main(family_name: str, argv: list[str] | None = None) -> int:
+    """Entry point of `scripts/train_<family>.py`: parse, train, report. Returns the exit code."""
+    try:
+        args, specific = parse_training_arguments(family_name, argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(args, make_family(family_name, specific))
+    except (NonFiniteLossError, HubPushError, ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"global_step": summary.global_step, "final_loss": summary.final_loss}))
+    return 0
