@@ -96,7 +96,7 @@ def test_respaced_chain_recomputes_beta_from_the_kept_alpha_bars():
     abar = s.alphas_cumprod.numpy()[kept]
     beta = 1 - abar[1:] / abar[:-1]
     expected = beta * (1 - abar[:-1]) / (1 - abar[1:])
-    np.testing.assert_allclose(s._sampling_chain["posterior_variance"].numpy()[1:], expected, rtol=1e-12)
+    np.testing.assert_allclose(s._sampling_chain["posterior_variance"][1:], expected, rtol=1e-12)
     assert s.previous_timestep(int(kept[3])) == int(kept[2])
     assert s.previous_timestep(int(kept[0])) == -1
 

@@ -6,6 +6,7 @@ Indices follow diffusers: timestep index t in [0, T) is the lecture's t + 1, so 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,7 +39,11 @@ class DDPMPosteriorSchedulerOutput(BaseOutput):
 
 
 class PosteriorMeanVariance(NamedTuple):
-    """Mean, variance and log-variance of a Gaussian over x_{t-1}, and the x_0 it was built from."""
+    """Mean, variance and log-variance of a Gaussian over x_{t-1}, and the x_0 it was built from.
+
+    `variance` and `log_variance` broadcast against the sample: a 0-d tensor (one timestep) or (B, 1, ..., 1) (one
+    per sample) for the fixed variance types, the full shape for learned variances.
+    """
 
     mean: torch.Tensor
     variance: torch.Tensor
@@ -73,13 +78,17 @@ def posterior_chain(alphas_cumprod: np.ndarray, betas: np.ndarray | None = None)
     }
 
 
-def _extract(values: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t] as `like`'s dtype and device, shaped to broadcast against `like` (t: int, 0-d or (B,))."""
-    t = torch.as_tensor(t, device=values.device, dtype=torch.long)
-    out = values[t].to(device=like.device, dtype=like.dtype)
-    if out.ndim == 1:
-        out = out.reshape(-1, *([1] * (like.ndim - 1)))
-    return out
+def _extract(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """values[t]: a Python float for one timestep (the cheapest operand of an elementwise op, the sampling hot
+    path), else a tensor of `like`'s dtype and device shaped (B, 1, ..., 1) to broadcast against it."""
+    if not isinstance(t, torch.Tensor) or t.ndim == 0:
+        return float(values[int(t)])
+    out = torch.from_numpy(values)[t.detach().cpu().long()].to(device=like.device, dtype=like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _as_tensor(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
 class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
@@ -158,15 +167,15 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
                 "must lie in (0, 1]"
             )
         chain = posterior_chain(np.cumprod(1.0 - betas), betas)
-        self._train_chain = {k: torch.from_numpy(v) for k, v in chain.items()}
-        self.betas = self._train_chain["betas"]
+        self._train_chain = chain
+        self.betas = torch.from_numpy(chain["betas"])
         self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = self._train_chain["alphas_cumprod"]
-        self.alphas_cumprod_prev = self._train_chain["alphas_cumprod_prev"]
-        self.posterior_variance = self._train_chain["posterior_variance"]
-        self.posterior_log_variance_clipped = self._train_chain["posterior_log_variance_clipped"]
-        self.posterior_mean_coef1 = self._train_chain["posterior_mean_coef1"]
-        self.posterior_mean_coef2 = self._train_chain["posterior_mean_coef2"]
+        self.alphas_cumprod = torch.from_numpy(chain["alphas_cumprod"])
+        self.alphas_cumprod_prev = torch.from_numpy(chain["alphas_cumprod_prev"])
+        self.posterior_variance = torch.from_numpy(chain["posterior_variance"])
+        self.posterior_log_variance_clipped = torch.from_numpy(chain["posterior_log_variance_clipped"])
+        self.posterior_mean_coef1 = torch.from_numpy(chain["posterior_mean_coef1"])
+        self.posterior_mean_coef2 = torch.from_numpy(chain["posterior_mean_coef2"])
 
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
@@ -182,29 +191,33 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q_sample: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, per-sample `timesteps`."""
-        alpha_bar = _extract(self.alphas_cumprod, timesteps, original_samples)
-        return alpha_bar.sqrt() * original_samples + (1.0 - alpha_bar).sqrt() * noise
+        alpha_bar = _extract(self._train_chain["alphas_cumprod"], timesteps, original_samples)
+        return alpha_bar**0.5 * original_samples + (1.0 - alpha_bar) ** 0.5 * noise
 
     q_sample = add_noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022), the v_prediction target."""
-        alpha_bar = _extract(self.alphas_cumprod, timesteps, sample)
-        return alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * sample
+        alpha_bar = _extract(self._train_chain["alphas_cumprod"], timesteps, sample)
+        return alpha_bar**0.5 * noise - (1.0 - alpha_bar) ** 0.5 * sample
 
     def q_mean_variance(self, x0: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Mean, variance and log-variance of q(x_t | x_0)."""
-        alpha_bar = _extract(self.alphas_cumprod, t, x0)
-        variance = (1.0 - alpha_bar).expand_as(x0)
-        return alpha_bar.sqrt() * x0, variance, variance.log()
+        alpha_bar = _extract(self._train_chain["alphas_cumprod"], t, x0)
+        variance = _as_tensor(1.0 - alpha_bar, x0)
+        return alpha_bar**0.5 * x0, variance, variance.log()
 
     def q_posterior_mean_variance(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean mu~_t(x_t, x_0), variance beta~_t and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = _extract(self.posterior_mean_coef1, t, x_t) * x0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
-        variance = _extract(self.posterior_variance, t, x_t).expand_as(x_t)
-        log_variance = _extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+        chain = self._train_chain
+        mean = (
+            _extract(chain["posterior_mean_coef1"], t, x_t) * x0
+            + _extract(chain["posterior_mean_coef2"], t, x_t) * x_t
+        )
+        variance = _as_tensor(_extract(chain["posterior_variance"], t, x_t), x_t)
+        log_variance = _as_tensor(_extract(chain["posterior_log_variance_clipped"], t, x_t), x_t)
         return mean, variance, log_variance
 
     # ----------------------------------------------------------------------------------------------------------
@@ -213,12 +226,12 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> torch.Tensor:
         """x_0 implied by the model output under `prediction_type`, before clipping."""
-        alpha_bar = _extract(self.alphas_cumprod, t, x_t)
+        alpha_bar = _extract(self._train_chain["alphas_cumprod"], t, x_t)
         if self.config.prediction_type == "epsilon":
-            return (x_t - (1.0 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
+            return (x_t - (1.0 - alpha_bar) ** 0.5 * model_output) / alpha_bar**0.5
         if self.config.prediction_type == "sample":
             return model_output
-        return alpha_bar.sqrt() * x_t - (1.0 - alpha_bar).sqrt() * model_output
+        return alpha_bar**0.5 * x_t - (1.0 - alpha_bar) ** 0.5 * model_output
 
     def _split_variance(self, model_output: torch.Tensor, sample: torch.Tensor):
         learned = self.config.variance_type in ("learned", "learned_range")
@@ -247,9 +260,8 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         s = s.clamp(min=1.0, max=self.config.sample_max_value)
         return (torch.maximum(torch.minimum(work, s), -s) / s).reshape(x0.shape).to(x0.dtype)
 
-    def _p_mean_variance(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t, position, chain: dict[str, torch.Tensor]
-    ) -> PosteriorMeanVariance:
+    def _p_mean_log_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t, position, chain: dict):
+        """Mean, log-variance (a float for one timestep of a fixed variance type) and x_0 of p(x_prev | x_t)."""
         eps_or_x0, variance_values = self._split_variance(model_output, x_t)
         x0 = self._process_x0(self.predict_start_from_model_output(eps_or_x0, x_t, t))
         mean = (
@@ -258,9 +270,9 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         )
         variance_type = self.config.variance_type
         if variance_type in ("fixed_small", "fixed_small_log"):
-            log_variance = _extract(chain["posterior_log_variance_clipped"], position, x_t).expand_as(x_t)
+            log_variance = _extract(chain["posterior_log_variance_clipped"], position, x_t)
         elif variance_type in ("fixed_large", "fixed_large_log"):
-            log_variance = _extract(chain["large_log_variance"], position, x_t).expand_as(x_t)
+            log_variance = _extract(chain["large_log_variance"], position, x_t)
         elif variance_type == "learned":
             log_variance = variance_values
         else:
@@ -268,7 +280,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
             max_log = _extract(chain["log_betas"], position, x_t)
             frac = (variance_values + 1.0) / 2.0
             log_variance = frac * max_log + (1.0 - frac) * min_log
-        return PosteriorMeanVariance(mean, log_variance.exp(), log_variance, x0)
+        return mean, log_variance, x0
 
     def p_mean_variance(
         self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
@@ -280,7 +292,9 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
             x_t (`torch.Tensor`): the noisy sample.
             t (`int` or `torch.Tensor`): training timestep index, a scalar or one per sample.
         """
-        return self._p_mean_variance(model_output, x_t, t, t, self._train_chain)
+        mean, log_variance, x0 = self._p_mean_log_variance(model_output, x_t, t, t, self._train_chain)
+        log_variance = _as_tensor(log_variance, x_t)
+        return PosteriorMeanVariance(mean, log_variance.exp(), log_variance, x0)
 
     # ----------------------------------------------------------------------------------------------------------
     # Sampling
@@ -333,8 +347,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         if len(ascending) == self.config.num_train_timesteps:
             self._sampling_chain = self._train_chain
         else:
-            chain = posterior_chain(self.alphas_cumprod.numpy()[ascending])
-            self._sampling_chain = {k: torch.from_numpy(v) for k, v in chain.items()}
+            self._sampling_chain = posterior_chain(self._train_chain["alphas_cumprod"][ascending])
         self._chain_timesteps = [int(t) for t in ascending]
         self._chain_position = {t: i for i, t in enumerate(self._chain_timesteps)}
 
@@ -374,15 +387,16 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         """
         t = int(timestep)
         position = self._position(t)
-        out = self._p_mean_variance(model_output, sample, t, position, self._sampling_chain)
-        prev_sample = out.mean
+        mean, log_variance, x0 = self._p_mean_log_variance(model_output, sample, t, position, self._sampling_chain)
+        prev_sample = mean
         if t > 0:
-            noise = randn_tensor(out.mean.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            noise = randn_tensor(mean.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             if position > 0:
-                prev_sample = prev_sample + (0.5 * out.log_variance).exp() * noise
+                std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else (0.5 * log_variance).exp()
+                prev_sample = prev_sample + std * noise
         if not return_dict:
-            return prev_sample, out.pred_original_sample
-        return DDPMPosteriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=out.pred_original_sample)
+            return prev_sample, x0
+        return DDPMPosteriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

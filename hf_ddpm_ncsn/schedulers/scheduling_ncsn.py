@@ -35,13 +35,13 @@ class NCSNSchedulerOutput(BaseOutput):
 
 
 def langevin_update(sample: torch.Tensor, score: torch.Tensor, eta: float, noise: torch.Tensor) -> torch.Tensor:
-    """One unadjusted Langevin step x + (eta / 2) s + sqrt(eta) z."""
-    return sample + 0.5 * eta * score + math.sqrt(eta) * noise
+    """One unadjusted Langevin step x + (eta / 2) s + sqrt(eta) z (two fused multiply-adds)."""
+    return sample.add(score, alpha=0.5 * eta).add_(noise, alpha=math.sqrt(eta))
 
 
 def tweedie_denoise(sample: torch.Tensor, score: torch.Tensor, sigma: float) -> torch.Tensor:
     """E[x_0 | x] = x + sigma^2 grad log q_sigma(x) for x = x_0 + sigma z (Tweedie's formula)."""
-    return sample + sigma**2 * score
+    return sample.add(score, alpha=sigma**2)
 
 
 class NCSNScheduler(SchedulerMixin, ConfigMixin):
@@ -167,12 +167,15 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         """The score s(x, sigma_t) implied by the model output under `prediction_type`."""
         if self.config.prediction_type == "score":
             return model_output
-        return -model_output / self.sigma_for(timestep, sample)
+        return model_output * (-1.0 / self.sigma_for(timestep, sample))
 
-    def sigma_for(self, timestep: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """sigma_t as `like`'s dtype and device, shaped to broadcast against it (one level or one per sample)."""
-        sigma = self.sigmas[torch.as_tensor(timestep, dtype=torch.long).cpu()].to(like.device, like.dtype)
-        return sigma.reshape(-1, *([1] * (like.ndim - 1))) if sigma.ndim == 1 else sigma
+    def sigma_for(self, timestep: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+        """sigma_t: a Python float for one level, else a tensor of `like`'s dtype and device shaped (B, 1, ..., 1)
+        to broadcast against it (one level per sample)."""
+        if not isinstance(timestep, torch.Tensor) or timestep.ndim == 0:
+            return float(self.sigmas[int(timestep)])
+        sigma = self.sigmas[timestep.detach().cpu().long()].to(like.device, like.dtype)
+        return sigma.reshape(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: int | torch.Tensor
