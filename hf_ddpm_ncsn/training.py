@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from .data import check_images, infer_channels, load_image_dataset, make_dataloader
 from .families import DDPMFamily, NCSNFamily, json_safe, make_family
-from .hub import HubPushError, push_folder_to_hub
+from .folder_checks import pipeline_class_name
+from .hub import HubPushError, push_folder_to_hub, render_model_card
 from .training_args import TrainingArguments, parse_training_arguments
 
 logger = logging.getLogger(__name__)
@@ -388,36 +389,52 @@ def _finish(
     model = _with_ema_weights(accelerator, unet, ema)
     pipeline, grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
     pipeline.save_pretrained(args.output_dir)
+    grid.save(Path(args.output_dir) / "samples.png")
     metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
     Path(args.output_dir, "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
-    eval_report = Path(args.output_dir, "eval", "report.json")
-    eval_results = json.loads(eval_report.read_text()).get("model_card_metrics") if eval_report.is_file() else None
-    training = {
-        **public_arguments(args, family),
-        "steps": summary.global_step,
-        "processes": summary.num_processes,
-        "final_loss": round(summary.final_loss, 5),
-        "wall_time_s": round(summary.wall_time_s, 1),
-    }
-    dataset = args.dataset_name or (Path(args.train_data_dir).name if args.train_data_dir else "digits")
-    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
-    pipeline.save_model_card(
-        args.output_dir,
-        repo_id=repo_id,
-        dataset=dataset,
-        training=training,
-        eval_results=eval_results,
-        sample_grid=grid,
-    )
+    Path(args.output_dir, "training_args.json").write_text(json.dumps(public_arguments(args, family), indent=2))
+    write_model_card(args.output_dir)
     _log_image(accelerator, "final_samples", grid, summary.global_step)
     logger.info("Saved the %s pipeline to %s", family.name, args.output_dir)
     if not args.push_to_hub:
         return None
+    repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
     try:
         return push_folder_to_hub(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo)
     except HubPushError as err:
         logger.error("%s", err)
         raise
+
+
+def write_model_card(output_dir: str | os.PathLike) -> None:
+    """(Re)write `<output_dir>/README.md` from what a finished run left there: the pipeline's configs,
+    training_args.json, metrics.json, samples.png and, when an evaluation has run, eval/report.json."""
+    folder = Path(output_dir)
+
+    def read(*parts: str) -> dict:
+        path = folder.joinpath(*parts)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    family = {"NCSNPipeline": "ncsn", "DDPMPosteriorPipeline": "ddpm"}[pipeline_class_name(str(folder))]
+    args, metrics = read("training_args.json"), read("metrics.json")
+    training = {
+        **args,
+        **{k: metrics[k] for k in ("global_step", "num_processes", "final_loss", "wall_time_s") if k in metrics},
+    }
+    dataset = args.get("dataset_name") or (
+        Path(args["train_data_dir"]).name if args.get("train_data_dir") else "digits"
+    )
+    card = render_model_card(
+        family,
+        repo_id=args.get("hub_model_id") or folder.resolve().name,
+        scheduler_config=read("scheduler", "scheduler_config.json"),
+        unet_config=read("unet", "config.json"),
+        dataset=dataset,
+        training=training or None,
+        eval_results=read("eval", "report.json").get("model_card_metrics"),
+        sample_grid="samples.png" if (folder / "samples.png").is_file() else None,
+    )
+    card.save(folder / "README.md")
 
 
 def main(family_name: str, argv: list[str] | None = None) -> int:

@@ -1,0 +1,469 @@
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+from PIL import Image
+
+from hf_ddpm_ncsn import DDPMPosteriorScheduler
+from hf_ddpm_ncsn.evaluation import (
+    INCEPTION_MISSING,
+    NCSN_HAS_NO_ELBO,
+    default_output_dir,
+    evaluate,
+    format_report,
+    generate_samples,
+    inception_features,
+    likelihood_report,
+    load_inception_extractor,
+    load_pipeline,
+    resize_images,
+    sample_quality,
+)
+from hf_ddpm_ncsn.feature_classifier import (
+    MissingLabelsError,
+    TrainingSettings,
+    load_images,
+    load_or_train_classifier,
+    train_classifier,
+)
+from hf_ddpm_ncsn.likelihood import elbo_bpd
+from hf_ddpm_ncsn.stratified_elbo import stratified_elbo_bpd, stratified_timesteps, stratum_bounds
+
+try:  # tests/ is on sys.path with pytest's default "prepend" import mode
+    from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+except ImportError:
+    from tests.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "evaluate.py"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixtures: one digits classifier for the whole module, in a temporary cache
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hf_ddpm_ncsn_cache")
+
+
+@pytest.fixture(scope="module")
+def classifier(cache_root: Path):
+    return load_or_train_classifier(cache_dir=cache_root / "classifiers")
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, torch.Tensor]:
+    train, train_labels = load_images(split="train")
+    held_out, _ = load_images(split="test")
+    return {"train": train, "train_labels": train_labels, "held_out": held_out}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The feature classifier
+def test_digits_classifier_is_accurate_and_cached(classifier, cache_root: Path):
+    assert classifier.info["held_out_accuracy"] > 0.95
+    assert classifier.info["num_train_images"] == 1617 and classifier.info["num_held_out_images"] == 180
+    stored = json.loads(Path(classifier.info["cache_file"]).with_suffix(".json").read_text())
+    assert stored["held_out_accuracy"] == classifier.info["held_out_accuracy"]
+    again = load_or_train_classifier(cache_dir=cache_root / "classifiers")  # from the cache: same weights
+    for name, value in classifier.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], value, rtol=0, atol=0)
+    images = torch.rand(5, 1, 8, 8)
+    assert again.features(images).shape == (5, 64)
+    probabilities = again.probabilities(images)
+    assert probabilities.shape == (5, 10)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(5))
+    with pytest.raises(ValueError, match="resize them"):
+        again.features(torch.rand(2, 1, 16, 16))
+
+
+def test_classifier_training_is_deterministic_and_scales_features_to_unit_mean_square(digits):
+    images, labels = digits["train"][:128], digits["train_labels"][:128]
+    settings = TrainingSettings(epochs=1)
+    first = train_classifier(images, labels, 10, seed=3, settings=settings)
+    second = train_classifier(images, labels, 10, seed=3, settings=settings)
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[name], value, rtol=0, atol=0)
+    with torch.no_grad():
+        features = first.features(images.float() / 255)
+    assert features.pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def _flat_image_folder(folder: Path, count: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_a_dataset_without_labels_has_no_classifier_and_says_why(tmp_path: Path):
+    folder = _flat_image_folder(tmp_path / "images")
+    with pytest.raises(MissingLabelsError, match="no label column.*need labels"):
+        load_or_train_classifier(train_data_dir=str(folder), cache_dir=tmp_path / "cache")
+    report = evaluate(
+        tiny_ncsn(),
+        train_data_dir=str(folder),
+        num_samples=4,
+        batch_size=4,
+        sample_kwargs={"num_langevin_steps": 1},
+        classifier_cache_dir=tmp_path / "cache",
+    )
+    assert "need labels" in report["classifier"]["skipped"]
+    assert "classifier_frechet_distance" not in report["sample_quality"]
+    assert "nearest_train_distance" in report["sample_quality"]
+    assert "need labels" in format_report(report)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sample quality against known cases: real data scores like the baseline, noise does not
+def _noise(count: int) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def test_real_images_score_like_the_baseline_and_noise_far_from_it(classifier, digits):
+    rows = np.random.default_rng(0).permutation(len(digits["train"]))
+    real, baseline, rest = (digits["train"][np.sort(rows[a:b])] for a, b in ((0, 180), (180, 360), (360, None)))
+    held_out = digits["held_out"]
+    as_real = sample_quality(real, held_out, baseline, classifier, train=rest)
+    as_noise = sample_quality(_noise(180), held_out, baseline, classifier, train=rest)
+
+    fd_baseline = as_real["classifier_frechet_distance_real_baseline"]
+    assert fd_baseline == as_noise["classifier_frechet_distance_real_baseline"] > 0
+    assert as_real["classifier_frechet_distance"] < 2 * fd_baseline
+    assert as_noise["classifier_frechet_distance"] > 10 * fd_baseline
+
+    kid_gap = abs(as_real["classifier_kid"] - as_real["classifier_kid_real_baseline"])
+    assert kid_gap < 0.05
+    assert as_noise["classifier_kid"] > 10 * kid_gap + 0.5
+
+    assert as_real["class_coverage_real_baseline"] > 0.98
+    assert abs(as_real["class_coverage"] - as_real["class_coverage_real_baseline"]) < 0.02
+    assert as_noise["class_coverage"] < as_real["class_coverage_real_baseline"] - 0.05
+
+    # memorisation: new real images sit as far from the training set as held-out ones, copies at 0
+    assert 0.8 < as_real["nearest_train_distance"]["ratio"]["median"] < 1.25
+    assert as_noise["nearest_train_distance"]["ratio"]["median"] > 2
+    copies = sample_quality(rest[:50], held_out, baseline, train=rest)
+    assert copies["nearest_train_distance"]["samples"]["median"] == 0.0
+    assert copies["nearest_train_distance"]["ratio"]["median"] == 0.0
+
+
+def test_samples_of_another_size_are_resized_for_the_classifier(classifier, digits):
+    # as in evaluate(): samples and real images at the pipeline's 16 px, all resized alike to the classifier's 8 px
+    def upscaled(images: torch.Tensor) -> torch.Tensor:
+        return resize_images(images.float(), 16).round().clamp(0, 255).to(torch.uint8)
+
+    real, baseline, held_out = (
+        upscaled(x) for x in (digits["train"][:180], digits["train"][180:360], digits["held_out"])
+    )
+    as_real = sample_quality(real, held_out, baseline, classifier)
+    as_noise = sample_quality(upscaled(_noise(180)), held_out, baseline, classifier)
+    fd_baseline = as_real["classifier_frechet_distance_real_baseline"]
+    assert as_real["classifier_frechet_distance"] < 2 * fd_baseline < as_noise["classifier_frechet_distance"] / 5
+    flat = torch.full((2, 3, 20, 20), 0.25)
+    torch.testing.assert_close(resize_images(flat, 8), torch.full((2, 3, 8, 8), 0.25))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stratified ELBO estimator
+def _biased_model(x0_single: torch.Tensor, delta: float = 0.05):
+    # prediction_type="sample" predicting x_0 + delta, clip off: every term is a deterministic function of t
+    def model(x_t, t):
+        return (x0_single + delta).expand(len(t), -1, -1, -1)
+
+    return model
+
+
+def _one_image() -> torch.Tensor:
+    return torch.randint(32, 224, (1, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float() / 127.5 - 1
+
+
+def _sample_scheduler(num_train_timesteps: int) -> DDPMPosteriorScheduler:
+    return DDPMPosteriorScheduler(num_train_timesteps=num_train_timesteps, prediction_type="sample", clip_sample=False)
+
+
+def test_strata_cover_the_timesteps_and_each_draw_stays_in_its_stratum():
+    assert stratum_bounds(10, 3, spacing="linear").tolist() == [0, 3, 6, 10]
+    assert stratum_bounds(20, 5).tolist() == [0, 1, 2, 4, 9, 20]  # t = 0 alone, then geometric: 20^(k/4)
+    assert stratum_bounds(7, 6).tolist() == [0, 1, 2, 3, 4, 5, 7]  # every stratum keeps at least one timestep
+    for spacing in ("log", "linear"):
+        assert stratum_bounds(12, 12, spacing).tolist() == list(range(13))
+        bounds = stratum_bounds(10, 3, spacing)
+        generator = torch.Generator().manual_seed(0)
+        timesteps, sizes = stratified_timesteps(500, 10, 3, generator=generator, spacing=spacing)
+        assert sizes.tolist() == (bounds[1:] - bounds[:-1]).tolist()
+        for k in range(3):
+            assert set(timesteps[:, k].tolist()) == set(range(bounds[k], bounds[k + 1]))
+    with pytest.raises(ValueError, match="num_strata"):
+        stratum_bounds(10, 11)
+    with pytest.raises(ValueError, match="spacing"):
+        stratum_bounds(10, 3, spacing="cosine")
+
+
+@pytest.mark.parametrize("spacing", ["log", "linear"])
+def test_stratified_estimate_with_one_timestep_per_stratum_is_the_full_sum(spacing):
+    scheduler = _sample_scheduler(30)
+    x0 = _one_image().expand(3, -1, -1, -1)
+    model = _biased_model(x0[:1])
+    full = elbo_bpd(model, scheduler, x0, generator=torch.Generator().manual_seed(0))
+    estimate = stratified_elbo_bpd(
+        model, scheduler, x0, 30, generator=torch.Generator().manual_seed(1), batch_size=7, spacing=spacing
+    )
+    assert (estimate.timesteps == torch.arange(30)).all()
+    torch.testing.assert_close(estimate.bits_per_dim, full.bits_per_dim.double(), rtol=1e-6, atol=0)
+
+
+def _draws(model, scheduler, x0, num_strata: int, spacing: str, seed: int, count: int = 4000) -> torch.Tensor:
+    # independent draws of the estimate: copies of one image, each with its own stratified timesteps
+    return stratified_elbo_bpd(
+        model,
+        scheduler,
+        x0.expand(count, -1, -1, -1),
+        num_strata,
+        generator=torch.Generator().manual_seed(seed),
+        batch_size=count,
+        spacing=spacing,
+    ).bits_per_dim
+
+
+@pytest.mark.parametrize("spacing", ["log", "linear"])
+def test_stratified_estimate_is_unbiased(spacing):
+    scheduler = _sample_scheduler(40)
+    x0 = _one_image()
+    model = _biased_model(x0)
+    full = elbo_bpd(model, scheduler, x0, generator=torch.Generator().manual_seed(0)).bits_per_dim.item()
+    draws = _draws(model, scheduler, x0, 5, spacing, seed=2)
+    stderr = draws.std().item() / math.sqrt(len(draws))
+    assert stderr > 0  # the draws differ: the test has power
+    assert abs(draws.mean().item() - full) < 4 * stderr
+
+
+def test_stratification_beats_uniform_timesteps_and_log_strata_beat_equal_ones():
+    scheduler = _sample_scheduler(40)
+    x0 = _one_image()
+    model = _biased_model(x0)
+    # K = 1 is one uniform timestep: averaging 5 of them has a fifth of its variance, at the cost of K = 5
+    uniform = _draws(model, scheduler, x0, 1, "linear", seed=3)
+    linear, log = (_draws(model, scheduler, x0, 5, spacing, seed=4) for spacing in ("linear", "log"))
+    assert linear.var() < uniform.var() / 5
+    assert log.var() < linear.var() / 10
+
+
+def test_likelihood_report_agrees_with_its_stratified_estimate():
+    pipe = tiny_ddpm(num_train_timesteps=12)
+    images = torch.randint(0, 256, (16, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    report = likelihood_report(pipe, images, num_strata=4, batch_size=64)
+    stratified = report["stratified"]
+    assert len(report["terms_mean_per_timestep"]) == 12
+    assert report["bits_per_dim"] == pytest.approx(
+        sum(report["terms_mean_per_timestep"]) + report["prior_bpd"], rel=1e-5
+    )
+    assert abs(stratified["difference_from_full"]) < 4 * stratified["difference_stderr"]
+    assert stratified["unet_evaluations"] == 16 * 4 and stratified["unet_evaluations_saved"] == 16 * 8
+    assert stratified["spacing"] == "log"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate(): loading, outputs, Inception plumbing
+def test_a_diffusers_ddpm_pipeline_folder_is_evaluated_with_its_elbo(tmp_path: Path, cache_root: Path):
+    folder = tmp_path / "diffusers-ddpm"
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=8)).save_pretrained(folder)
+    report = evaluate(
+        str(folder),
+        num_samples=8,
+        num_elbo_images=6,
+        elbo_strata=2,
+        batch_size=64,
+        classifier_cache_dir=cache_root / "classifiers",
+    )
+    assert report["pipeline_class"] == "DDPMPosteriorPipeline"
+    assert report["likelihood"]["num_images"] == 6 and math.isfinite(report["likelihood"]["bits_per_dim"])
+    assert report["files"]["report"] == str(folder / "eval" / "report.json")
+    assert {"report", "samples", "elbo_terms"} <= set(report["files"])
+    assert all(isinstance(v, float) for v in report["model_card_metrics"].values())
+    assert {"bits_per_dim", "classifier_frechet_distance", "classifier_frechet_distance_real_baseline"} <= set(
+        report["model_card_metrics"]
+    )
+    with pytest.raises(TypeError, match="DDPMPipeline folder loads"):
+        load_pipeline(DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=8)))
+
+
+def test_a_hub_repo_id_is_downloaded_and_evaluated(hub_cache: Path, tmp_path: Path, cache_root: Path):
+    repo_id = "test-user/evaluate-tiny-ddpm"
+    tiny_ddpm(num_train_timesteps=6).push_to_hub(repo_id, token="hf_local_test_token", num_grid_images=0)
+    assert default_output_dir(repo_id) == "eval-evaluate-tiny-ddpm"
+    report = evaluate(
+        repo_id,
+        num_samples=4,
+        num_elbo_images=4,
+        elbo_strata=2,
+        batch_size=16,
+        output_dir=tmp_path / "out",
+        classifier_cache_dir=cache_root / "classifiers",
+    )
+    assert report["pipeline"] == repo_id and report["pipeline_class"] == "DDPMPosteriorPipeline"
+    assert (tmp_path / "out" / "report.json").is_file()
+    with pytest.raises(OSError, match="not a local folder, and fetching it as a Hub repo id failed"):
+        load_pipeline("test-user/no-such-repo")
+
+
+def test_unknown_sampling_arguments_are_refused():
+    with pytest.raises(ValueError, match="does not take \\['num_langevin_steps'\\]"):
+        generate_samples(tiny_ddpm(num_train_timesteps=4), 2, 2, num_langevin_steps=3)
+
+
+class _PooledProjection(torch.nn.Module):
+    """Stands in for Inception: average pooling to 4x4 and a fixed linear map to 16 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.randn(48, 16, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x / 255.0, 4).flatten(1) @ self.weight
+
+
+class _TinyExtractor(_PooledProjection):
+    """Checks the input convention first: 3 channels, 299 x 299, values in [0, 255]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
+        assert float(x.max()) <= 255.0 and float(x.min()) >= 0.0
+        return torch.nn.functional.adaptive_avg_pool2d(x / 255.0, 4).flatten(1) @ self.weight
+
+
+class _ExtractorWithLogits(_PooledProjection):
+    """Like NVIDIA's Inception port: logits by default, features with return_features=True."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        features = torch.nn.functional.adaptive_avg_pool2d(x / 255.0, 4).flatten(1) @ self.weight
+        return features if return_features else features[:, :5]
+
+
+def _script(module: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated but still the format
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+def test_inception_numbers_come_from_a_local_torchscript_extractor(tmp_path: Path, cache_root: Path):
+    plain = _script(_TinyExtractor(), tmp_path / "tiny.pt")
+    report = evaluate(
+        tiny_ncsn(),
+        num_samples=8,
+        batch_size=8,
+        inception_weights=str(plain),
+        sample_kwargs={"num_langevin_steps": 1},
+        classifier_cache_dir=cache_root / "classifiers",
+    )
+    inception = report["inception"]
+    assert inception["feature_extractor"] == str(plain)
+    assert inception["fid"] > inception["fid_real_baseline"] > 0
+    assert {"kid", "kid_real_baseline"} <= set(inception)
+    assert report["model_card_metrics"]["inception_fid"] == inception["fid"]
+    assert re.search(r"^inception_fid\s+\S+\s+\S+$", format_report(report), flags=re.M)
+    assert "files" not in report  # a pipeline object and no output_dir: nothing is written
+
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert inception_features(load_inception_extractor(plain), images).shape == (3, 16)
+    with_logits = load_inception_extractor(_script(_ExtractorWithLogits(), tmp_path / "logits.pt"))
+    assert inception_features(with_logits, images).shape == (3, 16)
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(_PooledProjection(), (torch.rand(2, 3, 299, 299),), dynamic_shapes=({0: batch},))
+    torch.export.save(exported, tmp_path / "tiny.pt2")
+    np.testing.assert_allclose(
+        inception_features(load_inception_extractor(tmp_path / "tiny.pt2"), images),
+        inception_features(load_inception_extractor(plain), images),
+        rtol=1e-5,
+    )
+
+
+def test_a_missing_inception_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    missing = str(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError, match="inception_weights=.*nope.pt"):
+        evaluate(tiny_ncsn(), num_samples=2, inception_weights=missing)
+    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--pipeline", str(tmp_path), "--inception_weights", missing])
+    assert exit_info.value.code == 2
+    assert "--pipeline" in capsys.readouterr().err  # tmp_path has no model_index.json: the first error
+    folder = tmp_path / "pipe"
+    tiny_ncsn().save_pretrained(folder)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--pipeline", str(folder), "--inception_weights", missing])
+    assert "argument --inception_weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--pipeline", str(folder), "--num_samples", "0"])
+    assert "argument --num_samples" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The script, end to end in a fresh process
+def _run_script(args: list[str], cache_root: Path) -> subprocess.CompletedProcess:
+    # one thread, as in the test process (conftest): tiny tensors only pay for synchronisation
+    env = {**os.environ, "HF_DDPM_NCSN_CACHE": str(cache_root), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _baseline_cell(table: str, metric: str) -> tuple[float, float]:
+    line = next(line for line in table.splitlines() if line.startswith(metric + " "))
+    value, baseline = (float(cell.split(" ± ")[0]) for cell in re.split(r"\s{2,}", line)[1:3])
+    return value, baseline
+
+
+@pytest.mark.slow
+def test_script_evaluates_a_saved_ddpm_folder(tmp_path: Path, cache_root: Path, classifier):
+    folder = tmp_path / "ddpm"
+    tiny_ddpm(num_train_timesteps=10).save_pretrained(folder)
+    arguments = "--num_samples 16 --num_elbo_images 8 --elbo_strata 3 --batch_size 64 --num_inference_steps 5"
+    result = _run_script(["--pipeline", str(folder), *arguments.split()], cache_root)
+    out = folder / "eval"
+    assert (out / "samples.png").is_file() and (out / "elbo_terms.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["classifier"]["held_out_accuracy"] == classifier.info["held_out_accuracy"]  # from the cache
+    assert report["counts"] == {"samples": 16, "held_out": 180, "train": 1617, "baseline_train_images": 16}
+    assert report["likelihood"]["stratified"]["num_strata"] == 3
+    assert report["sample_kwargs"] == {"num_inference_steps": 5}
+    assert report["inception"] == {"skipped": INCEPTION_MISSING}
+    value, baseline = _baseline_cell(result.stdout, "classifier_frechet_distance")
+    assert value == pytest.approx(report["sample_quality"]["classifier_frechet_distance"], rel=1e-3)
+    assert baseline == pytest.approx(report["sample_quality"]["classifier_frechet_distance_real_baseline"], rel=1e-3)
+    assert "bits_per_dim (full ELBO, 8 held-out images, T=10)" in result.stdout
+    assert INCEPTION_MISSING in result.stdout
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size == (4 * 32, 4 * 32)  # 16 samples, 8x8 upscaled to 32 px cells
+
+
+@pytest.mark.slow
+def test_script_evaluates_a_saved_ncsn_folder(tmp_path: Path, cache_root: Path, classifier):
+    folder = tmp_path / "ncsn"
+    tiny_ncsn().save_pretrained(folder)
+    out = tmp_path / "report-here"
+    result = _run_script(
+        ["--pipeline", str(folder), "--num_samples", "8", "--num_langevin_steps", "1", "--output_dir", str(out)],
+        cache_root,
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["likelihood"] == {"skipped": NCSN_HAS_NO_ELBO}
+    assert (out / "samples.png").is_file() and not (out / "elbo_terms.png").exists()
+    assert NCSN_HAS_NO_ELBO in result.stdout
+    assert _baseline_cell(result.stdout, "classifier_kid")[1] == pytest.approx(
+        report["sample_quality"]["classifier_kid_real_baseline"], rel=1e-3, abs=1e-4
+    )
