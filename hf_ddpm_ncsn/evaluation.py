@@ -32,8 +32,6 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import make_image_grid
-from PIL import ImageDraw, ImageFont
 
 from .data import DIGITS
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
@@ -47,6 +45,7 @@ from .metrics import (
     nearest_neighbour_distances,
 )
 from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
+from .plots import image_grid, line_plot
 from .schedulers.validation import check_positive_int
 from .stratified_elbo import stratified_elbo_bpd
 
@@ -63,7 +62,6 @@ NCSN_HAS_NO_ELBO = (
 INCEPTION_SIZE = 299
 CLASSIFIER_SEED = 0
 GRID_IMAGES = 64
-GRID_MIN_CELL = 32  # pixels: 8x8 samples are upscaled (nearest) so that the grid is legible
 # arguments of a pipeline call that the evaluation sets itself
 _RESERVED_CALL_ARGUMENTS = ("batch_size", "generator", "output_type", "return_dict")
 
@@ -181,16 +179,9 @@ def generate_samples(
 
 
 def sample_grid(images: torch.Tensor, max_images: int = GRID_IMAGES) -> PIL.Image.Image:
-    """A square-ish grid (`make_image_grid`) of the first `max_images` uint8 images (N, C, H, W)."""
-    images = images[:max_images]
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    scale = max(1, math.ceil(GRID_MIN_CELL / images.shape[-1]))
-    arrays = images.permute(0, 2, 3, 1).numpy()
-    tiles = [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
-    tiles = [t.resize((t.width * scale, t.height * scale), PIL.Image.Resampling.NEAREST) for t in tiles]
-    tiles += [PIL.Image.new(tiles[0].mode, tiles[0].size)] * (rows * cols - len(tiles))
-    return make_image_grid(tiles, rows=rows, cols=cols)
+    """A legible grid (`plots.image_grid`) of the first `max_images` uint8 images (N, C, H, W)."""
+    arrays = images[:max_images].permute(0, 2, 3, 1).numpy()
+    return image_grid([PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,37 +390,16 @@ def stratified_likelihood(
     }
 
 
-def plot_elbo_terms(terms: list[float], path: str | os.PathLike, width: int = 720, height: int = 420) -> None:
-    """Save a line plot of the mean ELBO term per timestep index (log-scale y axis, bits/dim) with PIL."""
-    values = np.maximum(np.asarray(terms, dtype=np.float64), np.finfo(np.float64).tiny)
-    low, high = math.floor(np.log10(values.min())), math.ceil(np.log10(values.max()))
-    high = max(high, low + 1)
-    left, right, top, bottom = 80, width - 20, 40, height - 50
-    font = ImageFont.load_default(size=13)
-    image = PIL.Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-
-    def x_of(t: float) -> float:
-        return left + (right - left) * t / max(len(values) - 1, 1)
-
-    def y_of(log_value: float) -> float:
-        return bottom - (bottom - top) * (log_value - low) / (high - low)
-
-    for decade in range(low, high + 1):
-        draw.line([(left, y_of(decade)), (right, y_of(decade))], fill=(225, 225, 225))
-        draw.text((left - 8, y_of(decade)), f"1e{decade}", fill="black", font=font, anchor="rm")
-    for t in np.unique(np.linspace(0, len(values) - 1, 6).round().astype(int)):
-        draw.line([(x_of(t), bottom), (x_of(t), bottom + 5)], fill="black")
-        draw.text((x_of(t), bottom + 8), str(t), fill="black", font=font, anchor="mt")
-    draw.rectangle([left, top, right, bottom], outline="black")
-    points = [(x_of(t), y_of(v)) for t, v in enumerate(np.log10(values))]
-    draw.line(points + points[-1:], fill=(31, 119, 180), width=2)  # a repeated point keeps T = 1 drawable
-    title = "Mean ELBO term per timestep (bits/dim, log scale)"
-    draw.text((width / 2, 12), title, fill="black", font=font, anchor="mt")
-    draw.text(
-        (width / 2, height - 18), "timestep index t (0 = decoder term L_0)", fill="black", font=font, anchor="mt"
+def plot_elbo_terms(terms: list[float], path: str | os.PathLike) -> None:
+    """Save a line plot of the mean ELBO term per timestep index (log-scale y axis, bits/dim)."""
+    line_plot(
+        {"ELBO term": list(enumerate(terms))},
+        path,
+        title="Mean ELBO term per timestep (bits/dim, log scale)",
+        xlabel="timestep index t (0 = decoder term L_0)",
+        ylabel="bits/dim",
+        log_y=True,
     )
-    image.save(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from typing import Any
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..atomic import atomic_directory
 from ..diffusers_loading import finalize_saved_folder
 from ..folder_checks import check_pipeline_folder
 from ..hub import push_folder_to_hub, render_model_card
+from ..plots import image_grid
 from ..schedulers.validation import check_choice, check_positive_int
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -102,14 +102,11 @@ class ShareablePipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------------------------------------
     # Sharing
     def sample_grid(self, num_images: int = 16, seed: int = 0, **call_kwargs) -> PIL.Image.Image:
-        """A square-ish grid of `num_images` samples drawn with `torch.Generator().manual_seed(seed)`."""
+        """A legible grid (`plots.image_grid`) of `num_images` samples, seeded with `seed`."""
         images = self(
             batch_size=num_images, generator=torch.Generator().manual_seed(seed), output_type="pil", **call_kwargs
         ).images
-        cols = max(1, int(num_images**0.5))
-        rows = -(-num_images // cols)
-        blank = PIL.Image.new(images[0].mode, images[0].size)
-        return make_image_grid(images + [blank] * (rows * cols - num_images), rows=rows, cols=cols)
+        return image_grid(images)
 
     def save_model_card(
         self,
