@@ -164,9 +164,10 @@ def bench_training(args) -> list[dict]:
     model and batch, and one process vs two (gloo on CPU)."""
     device, steps, batch = args.device, args.train_steps, args.batch_size
     common = [
-        "--resolution", str(args.resolution), "--block_out_channels", *map(str, args.channels), "--layers_per_block",
-        "1", "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--logger", "none",
-        "--checkpointing_steps", "0", "--num_preview_images", "1", "--ddpm_num_steps", "100", "--lr_warmup_steps", "0",
+        "--resolution", str(args.resolution), "--center_crop", "true", "--block_out_channels",
+        *map(str, args.channels), "--layers_per_block", "1", "--train_batch_size", str(batch),
+        "--max_train_steps", str(steps), "--logger", "none", "--checkpointing_steps", "0",
+        "--num_preview_images", "1", "--ddpm_num_steps", "100", "--lr_warmup_steps", "0",
     ]  # fmt: skip
 
     def loop_images_per_second(launcher: list[str], env: dict) -> float:

@@ -25,7 +25,7 @@ from hf_ddpm_ncsn.training import write_model_card
 
 # settings measured to give recognisable digits within the time budget on 2 CPU cores (see README, "Results")
 COMMON = [
-    "--resolution", "8", "--block_out_channels", "32", "64", "64", "--layers_per_block", "1",
+    "--resolution", "8", "--center_crop", "true", "--block_out_channels", "32", "64", "64", "--layers_per_block", "1",
     "--train_batch_size", "64", "--max_train_steps", "2000", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
     "--lr_warmup_steps", "100", "--ema_max_decay", "0.999", "--ema_power", "0.75", "--checkpointing_steps", "500",
     "--checkpoints_total_limit", "1", "--num_preview_images", "64", "--logger", "tensorboard",

@@ -300,3 +300,17 @@ def test_dataloader_workers_are_reproducible_and_reshuffle_flips_each_epoch(digi
     again, _ = epochs(make_dataloader(digits_test, **kwargs))
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, second)  # same images in the same order: only the flips changed
+
+
+def test_a_deterministic_transform_is_precomputed_with_the_same_batches():
+    from hf_ddpm_ncsn.data import PrecomputedImages
+
+    dataset = load_image_dataset()
+    on_the_fly = make_dataloader(dataset, resolution=16, channels=1, batch_size=32, seed=3)
+    precomputed = make_dataloader(dataset, resolution=16, channels=1, batch_size=32, seed=3, center_crop=True)
+    assert isinstance(precomputed.dataset, PrecomputedImages)
+    assert not isinstance(on_the_fly.dataset, PrecomputedImages)
+    for a, b in zip(on_the_fly, precomputed, strict=True):  # square digits: center and random crops agree
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["label"], b["label"])
+    flipped = make_dataloader(dataset, resolution=16, channels=1, batch_size=32, center_crop=True, random_flip=True)
+    assert not isinstance(flipped.dataset, PrecomputedImages)

@@ -95,6 +95,7 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
 
         log_sigmas = np.linspace(math.log(sigma_min), math.log(sigma_max), num_train_timesteps, dtype=np.float64)
         self.sigmas = torch.from_numpy(np.exp(log_sigmas))
+        self._sigma_values = self.sigmas.tolist()  # Python floats: the per-step lookups stay off the tensor path
         self.init_noise_sigma = float(sigma_max)
         self.set_timesteps()
 
@@ -173,7 +174,7 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         """sigma_t: a Python float for one level, else a tensor of `like`'s dtype and device shaped (B, 1, ..., 1)
         to broadcast against it (one level per sample)."""
         if not isinstance(timestep, torch.Tensor) or timestep.ndim == 0:
-            return float(self.sigmas[int(timestep)])
+            return self._sigma_values[int(timestep)]
         sigma = self.sigmas[timestep.detach().cpu().long()].to(like.device, like.dtype)
         return sigma.reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -202,7 +203,7 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         """
         t = int(timestep)
         score = self.score_from_model_output(model_output, t, sample)
-        sigma = float(self.sigmas[t])
+        sigma = self._sigma_values[t]
         is_denoise = self.config.denoise_final and self._step_index == len(self.timesteps) - 1
         if is_denoise:
             prev_sample = tweedie_denoise(sample, score, sigma)
