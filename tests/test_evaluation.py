@@ -448,7 +448,7 @@ def test_script_evaluates_a_saved_ddpm_folder(tmp_path: Path, cache_root: Path, 
     assert "bits_per_dim (full ELBO, 8 held-out images, T=10)" in result.stdout
     assert INCEPTION_MISSING in result.stdout
     with Image.open(out / "samples.png") as grid:
-        assert grid.size == (4 * 32, 4 * 32)  # 16 samples, 8x8 upscaled to 32 px cells
+        assert grid.size == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2)  # 16 samples: 8x8 upscaled to 32 px, 2 px gaps
 
 
 @pytest.mark.slow
