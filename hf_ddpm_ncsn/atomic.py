@@ -10,6 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; when the block succeeds, publish its content at `target`.
@@ -26,6 +32,7 @@ def atomic_directory(target: str | os.PathLike, marker: str | None = None) -> It
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the published folder gets the usual mode
     try:
         yield staging
     except BaseException:

@@ -111,6 +111,7 @@ def vb_terms_bpd(
     x0: torch.Tensor,
     x_t: torch.Tensor,
     t: torch.Tensor,
+    clip_denoised: bool = True,
 ) -> torch.Tensor:
     """The ELBO term of each sample at its timestep index t, in bits/dim: the decoder NLL where t == 0,
     KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) elsewhere.
@@ -121,9 +122,11 @@ def vb_terms_bpd(
         x0 (`torch.Tensor`): clean data in [-1, 1].
         x_t (`torch.Tensor`): x_t ~ q(x_t | x_0).
         t (`torch.Tensor` of shape (B,)): timestep indices.
+        clip_denoised (`bool`, defaults to `True`): clip x_0 as the scheduler's config says (the original bits/dim
+            code does); `False` for training losses.
     """
     true_mean, _, true_log_variance = scheduler.q_posterior_mean_variance(x0, x_t, t)
-    model = scheduler.p_mean_variance(model_output, x_t, t)
+    model = scheduler.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
     kl = mean_flat(normal_kl(true_mean, true_log_variance, model.mean, model.log_variance)) / _LOG2
     decoder_nll = (
         -mean_flat(discretized_gaussian_log_likelihood(x0, means=model.mean, log_scales=0.5 * model.log_variance))
@@ -143,7 +146,7 @@ def elbo_bpd(
     """Every term of the negative ELBO of each image, in bits/dim, with one fresh noise draw per timestep.
 
     Timesteps are evaluated several at a time: each model call sees up to `batch_size` inputs (default: one
-    timestep per call, i.e. B inputs).
+    timestep per call, i.e. B inputs); more than `batch_size` images are evaluated in chunks of `batch_size`.
 
     Args:
         model_fn (`Callable`): (x_t, t) -> network output, t a (N,) tensor of timestep indices.
@@ -153,6 +156,11 @@ def elbo_bpd(
         batch_size (`int`, *optional*): largest number of inputs per model call (at least B).
         progress (`Callable`, *optional*): wraps the iterable of timestep chunks, e.g. a progress bar.
     """
+    if batch_size is not None and x0.shape[0] > batch_size:
+        parts = [
+            elbo_bpd(model_fn, scheduler, chunk, generator, batch_size, progress) for chunk in x0.split(batch_size)
+        ]
+        return ELBOOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in ("terms", "prior", "bits_per_dim")))
     num_images, num_timesteps = x0.shape[0], scheduler.config.num_train_timesteps
     per_call = max(1, (batch_size or num_images) // num_images)
     chunks = list(torch.arange(num_timesteps, device=x0.device).split(per_call))

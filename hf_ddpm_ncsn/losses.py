@@ -110,11 +110,11 @@ def ddpm_loss(
     x_t = scheduler.add_noise(x0, noise, t)
     output = call_model(model, x_t, t)
     if loss_type == "vlb":
-        return (num_timesteps * vb_terms_bpd(scheduler, output, x0, x_t, t)).mean()
+        return (num_timesteps * vb_terms_bpd(scheduler, output, x0, x_t, t, clip_denoised=False)).mean()
 
     prediction, variance = output.chunk(2, dim=1) if learned_variance else (output, None)
     loss = mean_flat((prediction - _simple_target(scheduler, x0, noise, t)) ** 2)
     if loss_type == "hybrid":
         frozen = torch.cat([prediction.detach(), variance], dim=1) if learned_variance else output.detach()
-        loss = loss + vlb_weight * num_timesteps * vb_terms_bpd(scheduler, frozen, x0, x_t, t)
+        loss = loss + vlb_weight * num_timesteps * vb_terms_bpd(scheduler, frozen, x0, x_t, t, clip_denoised=False)
     return loss.mean()

@@ -163,7 +163,7 @@ def sample_grid(family, unet: UNet2DModel, scheduler, num_images: int, seed: int
     """A grid of samples from `unet` (the caller swaps the EMA weights in), on a copy of the scheduler."""
     pipeline = family.pipeline(unet, type(scheduler).from_config(scheduler.config))
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline, pipeline.sample_grid(num_images, seed=seed, **family.sample_kwargs())
+    return pipeline.sample_grid(num_images, seed=seed, **family.sample_kwargs())
 
 
 def _log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
@@ -192,8 +192,7 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
         args.image_column,
         split="train",
         cache_dir=args.cache_dir,
-        seed=args.seed,
-    )
+    )  # the held-out split does not follow --seed: evaluation must hold out the same images
     check_images(dataset)
     channels = infer_channels(dataset)
     dataloader = make_dataloader(
@@ -230,6 +229,11 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
         eps=args.adam_epsilon,
     )
     dataloader = accelerator.prepare(dataloader)
+    if len(dataloader) == 0:
+        raise ValueError(
+            f"--train_batch_size {args.train_batch_size} x {accelerator.num_processes} processes leaves no full batch "
+            f"per process from {len(dataset)} images; lower --train_batch_size"
+        )
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
@@ -249,6 +253,8 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if ema is not None:
+            ema.to(accelerator.device)  # accelerate restores custom states on the CPU
         global_step = json.loads((resume_from / STATE_FILE).read_text())["global_step"]
         logger.info("Resumed from %s at step %d", resume_from, global_step)
     elif args.resume_from_checkpoint == "latest":
@@ -359,7 +365,7 @@ def _with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> U
 
 def _preview(accelerator, family, unet, ema, scheduler, args: TrainingArguments, step: int) -> None:
     if accelerator.is_main_process:
-        _, grid = sample_grid(family, _with_ema_weights(accelerator, unet, ema), scheduler, args.num_preview_images, 0)
+        grid = sample_grid(family, _with_ema_weights(accelerator, unet, ema), scheduler, args.num_preview_images, 0)
         folder = Path(args.output_dir) / "previews"
         folder.mkdir(exist_ok=True)
         grid.save(folder / f"step-{step}.png")
@@ -388,8 +394,9 @@ def _finish(
 ) -> str | None:
     """Save the EMA pipeline, its samples, metrics and model card; push when asked. Main process only."""
     model = _with_ema_weights(accelerator, unet, ema)
-    pipeline, grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
-    pipeline.save_pretrained(args.output_dir)
+    pipeline = family.pipeline(model, scheduler)
+    pipeline.save_pretrained(args.output_dir)  # first: a failure while sampling the grid must not lose the model
+    grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
     grid.save(Path(args.output_dir) / "samples.png")
     metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
     Path(args.output_dir, "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))

@@ -90,6 +90,7 @@ class TrainingArguments:
             _check_positive(name, getattr(self, name))
         for name in ("lr_warmup_steps", "checkpointing_steps", "save_images_steps", "dataloader_num_workers"):
             _check_positive(name, getattr(self, name), allow_zero=True)
+        _check_positive("num_preview_images", self.num_preview_images)
         if self.max_train_steps is not None:
             _check_positive("max_train_steps", self.max_train_steps)
         if self.checkpoints_total_limit is not None:

@@ -145,3 +145,18 @@ def test_vb_terms_pick_the_decoder_at_t0_and_kl_elsewhere():
     q_mean, _, q_log_var = s.q_posterior_mean_variance(x0[1:], x_t[1:], 5)
     kl = normal_kl(q_mean, q_log_var, p.mean[1:], p.log_variance[1:])
     assert terms[1].item() == pytest.approx(kl.mean().item() / math.log(2), rel=1e-5)
+
+
+def test_more_images_than_the_batch_size_are_evaluated_in_chunks():
+    s = DDPMPosteriorScheduler(num_train_timesteps=6)
+    x0 = _images(5)
+    seen = []
+
+    def model(x_t, t):
+        seen.append(len(x_t))
+        return 0.5 * x_t
+
+    out = elbo_bpd(model, s, x0, generator=torch.Generator().manual_seed(0), batch_size=2)
+    assert max(seen) <= 2 and out.terms.shape == (5, 6)
+    torch.testing.assert_close(out.prior, prior_bpd(s, x0).float())
+    torch.testing.assert_close(out.bits_per_dim, out.terms.sum(1) + out.prior)

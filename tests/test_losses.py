@@ -126,3 +126,15 @@ def test_bad_loss_arguments_are_named():
     learned = DDPMPosteriorScheduler(num_train_timesteps=10, variance_type="learned_range")
     with pytest.raises(ValueError, match="loss_type='simple'"):
         ddpm_loss(lambda x, t: torch.cat([x, x], 1), learned, torch.zeros(1, 1, 2, 2))
+
+
+def test_the_bound_trains_the_mean_even_where_clipping_would_saturate():
+    # the default scheduler clips x0_hat when sampling and evaluating; a clipped x0_hat has no gradient, so the
+    # training losses must use the unclipped prediction (as the DDPM and improved-diffusion code do)
+    s = DDPMPosteriorScheduler(num_train_timesteps=1000)
+    assert s.config.clip_sample
+    x0 = torch.rand(16, 1, 4, 4) * 2 - 1
+    weight = torch.tensor(1.0, requires_grad=True)
+    loss = ddpm_loss(lambda x, t: weight * torch.randn_like(x) * 3, s, x0, loss_type="vlb")
+    (grad,) = torch.autograd.grad(loss, [weight])
+    assert grad.abs() > 0

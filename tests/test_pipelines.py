@@ -118,6 +118,13 @@ def test_elbo_through_the_pipeline():
     torch.testing.assert_close(direct.terms, out.terms)
 
 
+def test_zero_inference_steps_is_an_error_not_the_full_chain():
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        tiny_ddpm()(num_inference_steps=0)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        tiny_ncsn()(num_inference_steps=0)
+
+
 def test_elbo_rejects_data_off_the_8bit_grid():
     pipe = tiny_ddpm()
     with pytest.raises(ValueError, match="8-bit data scaled to \\[-1, 1\\]"):

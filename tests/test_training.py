@@ -182,6 +182,7 @@ def test_a_corrupt_image_is_reported_not_skipped(tmp_path, capsys):
         (["--num_noise_levels", "1"], "num_noise_levels"),
         (["--step_size", "big"], "step_size"),
         (["--resolution", "0"], "resolution"),
+        (["--num_preview_images", "0"], "num_preview_images"),
         (["--resume_from_checkpoint", "/nonexistent"], "resume_from_checkpoint"),
         (["--dataset_name", "x", "--train_data_dir", "y"], "not both"),
     ],
@@ -237,3 +238,13 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path
     assert "the loss is" in err and "at step" in err and "checkpoint-" in err
     assert list_checkpoints(out) and not (out / "model_index.json").exists()
     shutil.rmtree(out)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    # a fresh process: accelerate keeps its state (mixed precision included) per process
+    out = tmp_path / "bf16"
+    argv = ["--output_dir", str(out), "--max_train_steps", "2", "--mixed_precision", "bf16", *TINY_DDPM]
+    result = run_script([sys.executable, str(SCRIPTS / "train_ddpm.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "training_args.json").read_text())["mixed_precision"] == "bf16"
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()

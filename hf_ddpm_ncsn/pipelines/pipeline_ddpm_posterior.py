@@ -81,7 +81,8 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         """
         self._check_call_arguments(batch_size, output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
-        self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps, device=device)
+        steps = self.scheduler.config.num_train_timesteps if num_inference_steps is None else num_inference_steps
+        self.scheduler.set_timesteps(steps, device=device)
 
         def model_step(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             model_output = self.unet(sample, t).sample

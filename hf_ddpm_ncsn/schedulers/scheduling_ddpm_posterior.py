@@ -260,10 +260,13 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         s = s.clamp(min=1.0, max=self.config.sample_max_value)
         return (torch.maximum(torch.minimum(work, s), -s) / s).reshape(x0.shape).to(x0.dtype)
 
-    def _p_mean_log_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t, position, chain: dict):
+    def _p_mean_log_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t, position, chain: dict, clip_denoised: bool = True
+    ):
         """Mean, log-variance (a float for one timestep of a fixed variance type) and x_0 of p(x_prev | x_t)."""
         eps_or_x0, variance_values = self._split_variance(model_output, x_t)
-        x0 = self._process_x0(self.predict_start_from_model_output(eps_or_x0, x_t, t))
+        x0 = self.predict_start_from_model_output(eps_or_x0, x_t, t)
+        x0 = self._process_x0(x0) if clip_denoised else x0
         mean = (
             _extract(chain["posterior_mean_coef1"], position, x_t) * x0
             + _extract(chain["posterior_mean_coef2"], position, x_t) * x_t
@@ -283,7 +286,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         return mean, log_variance, x0
 
     def p_mean_variance(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, clip_denoised: bool = True
     ) -> PosteriorMeanVariance:
         """Mean, variance, log-variance of p_theta(x_{t-1} | x_t) on the training chain, and the predicted x_0.
 
@@ -291,8 +294,13 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
             model_output (`torch.Tensor`): the network's output at (x_t, t); 2C channels for learned variances.
             x_t (`torch.Tensor`): the noisy sample.
             t (`int` or `torch.Tensor`): training timestep index, a scalar or one per sample.
+            clip_denoised (`bool`, defaults to `True`): apply the config's `clip_sample` / `thresholding` to the
+                predicted x_0 (as sampling and the bits/dim evaluation do); training losses pass `False`, since a
+                clipped x_0 has no gradient where it saturates.
         """
-        mean, log_variance, x0 = self._p_mean_log_variance(model_output, x_t, t, t, self._train_chain)
+        mean, log_variance, x0 = self._p_mean_log_variance(
+            model_output, x_t, t, t, self._train_chain, clip_denoised=clip_denoised
+        )
         log_variance = _as_tensor(log_variance, x_t)
         return PosteriorMeanVariance(mean, log_variance.exp(), log_variance, x0)
 
