@@ -14,7 +14,12 @@ What is touched in diffusers, and nothing else:
    loader looks up `["diffusers", name]` components and plain `_class_name` strings; an existing diffusers class
    of the same name is never replaced;
 2. `diffusers.pipelines.pipeline_utils._get_pipeline_class`, wrapped: only calls naming our shim are answered
-   here, every other call goes to diffusers unchanged.
+   here, every other call goes to diffusers unchanged;
+3. `diffusers.pipelines.pipeline_utils.load_sub_model`, wrapped: before a component of one of our pipeline classes
+   is loaded, the folder it is loaded from (the local folder or the Hub snapshot, whatever the form of
+   `_class_name`) goes through the folder checks. That is the one place every `DiffusionPipeline.from_pretrained`
+   route passes through with the folder actually loaded, before any weight is read; our own `from_pretrained`
+   checks first (honouring `allow_pickle`) and marks the folder as checked.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,18 @@ PACKAGE = __name__.split(".")[0]
 SHIM_MODULE = f"{PACKAGE}_pipeline"
 _REGISTRY: dict[str, type] = {}
 _WRAPPED_FLAG = "_hf_ddpm_ncsn_wrapped"
+# folders whose checks our own from_pretrained has just run (with its allow_pickle): not checked a second time
+_CHECKED_FOLDERS: ContextVar[frozenset[str]] = ContextVar("hf_ddpm_ncsn_checked_folders", default=frozenset())
+
+
+@contextmanager
+def folder_already_checked(folder: str | os.PathLike) -> Iterator[None]:
+    """Within the block, loading components from `folder` skips the folder checks (the caller ran them)."""
+    token = _CHECKED_FOLDERS.set(_CHECKED_FOLDERS.get() | {os.path.realpath(folder)})
+    try:
+        yield
+    finally:
+        _CHECKED_FOLDERS.reset(token)
 
 
 def shim_source() -> str:
@@ -46,14 +65,14 @@ def _is_our_shim(custom_pipeline, class_name) -> bool:
     return os.path.basename(str(custom_pipeline)) in (SHIM_MODULE, f"{SHIM_MODULE}.py")
 
 
-def register(classes: dict[str, type], folder_check: Callable[[str, type], None] | None = None) -> None:
+def register(classes: dict[str, type], folder_check: Callable[[str, type], None]) -> None:
     """Make `classes` loadable by diffusers (idempotent).
 
     Args:
         classes (`dict[str, type]`): public pipeline and scheduler classes by name.
-        folder_check (`Callable`, *optional*): called as `folder_check(folder, pipeline_class)` before a local
-            folder carrying our shim is loaded through `DiffusionPipeline.from_pretrained`, so that route refuses
-            pickle-only or truncated weights as our own `from_pretrained` does.
+        folder_check (`Callable`): called as `folder_check(folder, pipeline_class)` before a component of one of
+            our pipelines is loaded through `DiffusionPipeline.from_pretrained`, so that route refuses pickle-only
+            or truncated weights as our own `from_pretrained` does.
     """
     import diffusers
     from diffusers.pipelines import pipeline_utils
@@ -65,29 +84,47 @@ def register(classes: dict[str, type], folder_check: Callable[[str, type], None]
             setattr(diffusers, name, cls)
         else:
             logger.warning("diffusers already defines %s; hf_ddpm_ncsn does not replace it", name)
+    _wrap(pipeline_utils, "_get_pipeline_class", _answer_our_shim)
+    _wrap(pipeline_utils, "load_sub_model", functools.partial(_check_before_loading, folder_check=folder_check))
 
-    original = pipeline_utils._get_pipeline_class
+
+def _wrap(module, name: str, handler: Callable) -> None:
+    """Replace `module.name` by `handler(original, bound_arguments)`, once."""
+    original = getattr(module, name)
     if getattr(original, _WRAPPED_FLAG, False):
         return
     signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def _get_pipeline_class(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        custom_pipeline = bound.arguments.get("custom_pipeline")
-        class_name = bound.arguments.get("class_name")
-        if not _is_our_shim(custom_pipeline, class_name):
-            return original(*args, **kwargs)
-        ours = _REGISTRY[class_name]
-        requested = bound.arguments["class_obj"]
-        if isinstance(requested, type) and issubclass(requested, ours):
-            return requested  # XPipeline.from_pretrained: that class did its own checks
-        if folder_check is not None and os.path.isfile(str(custom_pipeline)):
-            folder_check(os.path.dirname(str(custom_pipeline)), ours)
-        return ours
+    def wrapper(*args, **kwargs):
+        return handler(original, signature.bind(*args, **kwargs))
 
-    setattr(_get_pipeline_class, _WRAPPED_FLAG, True)
-    pipeline_utils._get_pipeline_class = _get_pipeline_class
+    setattr(wrapper, _WRAPPED_FLAG, True)
+    setattr(module, name, wrapper)
+
+
+def _answer_our_shim(original: Callable, bound: inspect.BoundArguments):
+    """`_get_pipeline_class`: return the installed class for our shim instead of running the file."""
+    custom_pipeline, class_name = bound.arguments.get("custom_pipeline"), bound.arguments.get("class_name")
+    if not _is_our_shim(custom_pipeline, class_name):
+        return original(*bound.args, **bound.kwargs)
+    requested = bound.arguments["class_obj"]
+    ours = _REGISTRY[class_name]
+    return requested if isinstance(requested, type) and issubclass(requested, ours) else ours
+
+
+def _check_before_loading(original: Callable, bound: inspect.BoundArguments, folder_check: Callable):
+    """`load_sub_model`: check the folder a component of one of our pipelines is about to be loaded from."""
+    pipeline_class, folder = bound.arguments.get("pipeline_class"), bound.arguments.get("cached_folder")
+    ours = tuple(cls for cls in _REGISTRY.values() if hasattr(cls, "loadable_class_names"))
+    if (
+        isinstance(pipeline_class, type)
+        and issubclass(pipeline_class, ours)
+        and folder is not None
+        and os.path.realpath(folder) not in _CHECKED_FOLDERS.get()
+    ):
+        folder_check(str(folder), pipeline_class)
+    return original(*bound.args, **bound.kwargs)
 
 
 def finalize_saved_folder(folder: str | os.PathLike, pipeline_cls: type) -> None:

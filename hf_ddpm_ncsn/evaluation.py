@@ -18,11 +18,9 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,9 +31,11 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 
+from .atomic import atomic_write_text
 from .data import DIGITS
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
 from .folder_checks import pipeline_class_name
+from .json_utils import dumps
 from .metrics import (
     class_coverage,
     distance_summary,
@@ -163,10 +163,7 @@ def generate_samples(
     Returns:
         `torch.Tensor`: uint8 (N, C, H, W), i.e. the 8-bit images a saved PNG would hold.
     """
-    accepted = set(inspect.signature(pipe.__call__).parameters) - set(_RESERVED_CALL_ARGUMENTS)
-    unknown = sorted(set(call_kwargs) - accepted)
-    if unknown:
-        raise ValueError(f"{type(pipe).__name__} does not take {unknown}; its sampling arguments: {sorted(accepted)}")
+    check_sampling_arguments(pipe, batch_size, call_kwargs)
     generator = torch.Generator().manual_seed(seed)
     batches = [
         pipe(
@@ -176,6 +173,15 @@ def generate_samples(
     ]
     pixels = torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2)
     return (pixels * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def check_sampling_arguments(pipe: DiffusionPipeline, batch_size: int, call_kwargs: dict[str, Any]) -> None:
+    """Raise a `ValueError` for a sampling argument the pipeline does not take or would refuse, before any work."""
+    accepted = set(inspect.signature(pipe.__call__).parameters) - set(_RESERVED_CALL_ARGUMENTS)
+    unknown = sorted(set(call_kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"{type(pipe).__name__} does not take {unknown}; its sampling arguments: {sorted(accepted)}")
+    pipe.check_inputs(batch_size=batch_size, **call_kwargs)
 
 
 def sample_grid(images: torch.Tensor, max_images: int = GRID_IMAGES) -> PIL.Image.Image:
@@ -507,6 +513,7 @@ def evaluate(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     pipe = load_pipeline(pipeline_or_path)
+    check_sampling_arguments(pipe, batch_size, sample_kwargs or {})  # before the data, the classifier, the ELBO
     if output_dir is None and not isinstance(pipeline_or_path, DiffusionPipeline):
         output_dir = default_output_dir(pipeline_or_path)
     size = pipe.unet.config.sample_size
@@ -647,10 +654,7 @@ def write_outputs(report: dict[str, Any], samples: torch.Tensor, output_dir: str
     if terms is not None:
         files["elbo_terms"] = str(folder / "elbo_terms.png")
         plot_elbo_terms(terms, files["elbo_terms"])
-    handle, tmp = tempfile.mkstemp(prefix=".report.", suffix=".json.tmp", dir=folder)
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        json.dump({**report, "files": files}, f, indent=2)
-    os.replace(tmp, files["report"])
+    atomic_write_text(files["report"], dumps({**report, "files": files}, indent=2))
     return files
 
 

@@ -3,9 +3,7 @@ pipeline. Everything else (data, loop, EMA, checkpoints, logging, sharing) lives
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -22,27 +20,70 @@ from .training_args import DDPMArguments, NCSNArguments, TrainingArguments
 logger = logging.getLogger(__name__)
 
 
-def build_unet(args: TrainingArguments, channels: int, out_channels: int, **overrides: Any) -> UNet2DModel:
-    """A UNet2DModel from --model_config_name_or_path, or a small one sized for --resolution."""
-    if args.model_config_name_or_path is not None:
-        path = args.model_config_name_or_path
-        config = UNet2DModel.load_config(os.path.dirname(path) if path.endswith(".json") else path)
-        config.update(sample_size=args.resolution, in_channels=channels, out_channels=out_channels, **overrides)
-        return UNet2DModel.from_config(config)
-    widths = tuple(args.block_out_channels or (32, 64, 64))
-    # attention only at the coarsest level, where it is cheap
-    down = ("DownBlock2D",) * (len(widths) - 1) + ("AttnDownBlock2D",)
-    up = ("AttnUpBlock2D",) + ("UpBlock2D",) * (len(widths) - 1)
-    return UNet2DModel(
-        sample_size=args.resolution,
-        in_channels=channels,
-        out_channels=out_channels,
-        block_out_channels=widths,
-        layers_per_block=args.layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        norm_num_groups=min(8, widths[0]),
-        **overrides,
+def default_unet_config(block_out_channels: list[int] | None, layers_per_block: int | None) -> dict[str, Any]:
+    """The small UNet2DModel the scripts train by default: attention only at the coarsest level, where it is
+    cheap; every width works (GroupNorm takes the largest group count up to 8 that divides all of them, and the
+    attention heads are at most as wide as the coarsest level)."""
+    widths = tuple(block_out_channels or (32, 64, 64))
+    return {
+        "block_out_channels": widths,
+        "layers_per_block": 1 if layers_per_block is None else layers_per_block,
+        "down_block_types": ("DownBlock2D",) * (len(widths) - 1) + ("AttnDownBlock2D",),
+        "up_block_types": ("AttnUpBlock2D",) + ("UpBlock2D",) * (len(widths) - 1),
+        "norm_num_groups": max(g for g in range(1, 9) if all(w % g == 0 for w in widths)),
+        "attention_head_dim": min(8, widths[-1]),
+    }
+
+
+def load_unet_config(name_or_path: str) -> dict[str, Any]:
+    """A UNet2DModel config from a JSON file, a folder (its config.json, or unet/config.json of a saved pipeline)
+    or a Hub repo id (the same two places).
+
+    Raises:
+        `ValueError`: none of these holds a UNet2DModel config; the message names the argument.
+    """
+    if os.path.isfile(name_or_path):
+        candidates = [{}]  # diffusers' load_config reads a JSON file path as it is
+    else:
+        candidates = [{}, {"subfolder": "unet"}]
+    reasons = []
+    for kwargs in candidates:
+        try:
+            config = UNet2DModel.load_config(name_or_path, **kwargs)
+        except (OSError, ValueError) as err:
+            reasons.append(str(err).splitlines()[0])
+            continue
+        if config.get("_class_name", "UNet2DModel") != "UNet2DModel" or "block_out_channels" not in config:
+            raise ValueError(
+                f"--model_config_name_or_path {name_or_path!r} holds a {config.get('_class_name')!r} config, not a "
+                "UNet2DModel config (config.json with block_out_channels)"
+            )
+        return dict(config)
+    raise ValueError(
+        f"--model_config_name_or_path {name_or_path!r} is neither a UNet2DModel config file, nor a folder holding "
+        f"config.json or unet/config.json, nor a Hub repo with one ({'; '.join(reasons)})"
+    )
+
+
+def unet_config(args: TrainingArguments) -> dict[str, Any]:
+    """The UNet config of a run before the data fixes its size and channels (loaded, or the default one)."""
+    if args.model_config_name_or_path is None:
+        config = default_unet_config(args.block_out_channels, args.layers_per_block)
+    else:
+        config = load_unet_config(args.model_config_name_or_path)
+    levels = len(config["block_out_channels"])
+    if args.resolution % 2 ** (levels - 1):
+        raise ValueError(
+            f"--resolution {args.resolution} must be divisible by {2 ** (levels - 1)}: a UNet with {levels} levels "
+            "halves it at every level but the last"
+        )
+    return config
+
+
+def build_unet(config: dict[str, Any], resolution: int, channels: int, out_channels: int, **overrides) -> UNet2DModel:
+    """A UNet2DModel from a config (see `unet_config`), sized for the data."""
+    return UNet2DModel.from_config(
+        {**config, "sample_size": resolution, "in_channels": channels, "out_channels": out_channels, **overrides}
     )
 
 
@@ -52,6 +93,8 @@ class NCSNFamily:
 
     args: NCSNArguments
     name: str = "ncsn"
+    # scheduler config keys that only change sampling: a resumed run may change them
+    sampling_config_keys: tuple[str, ...] = ("num_langevin_steps", "step_size", "denoise_final")
 
     def build_scheduler(self, train_images: torch.Tensor) -> NCSNScheduler:
         a = self.args
@@ -75,9 +118,9 @@ class NCSNFamily:
             prediction_type="score" if a.conditioning == "fourier" else "epsilon",
         )
 
-    def build_unet(self, args: TrainingArguments, channels: int) -> UNet2DModel:
+    def build_unet(self, config: dict[str, Any], resolution: int, channels: int) -> UNet2DModel:
         extra = {"time_embedding_type": "fourier"} if self.args.conditioning == "fourier" else {}
-        return build_unet(args, channels, channels, **extra)
+        return build_unet(config, resolution, channels, channels, **extra)
 
     def loss(self, model, scheduler: NCSNScheduler, x0: torch.Tensor) -> torch.Tensor:
         embedding = "fourier" if self.args.conditioning == "fourier" else "positional"
@@ -96,6 +139,16 @@ class DDPMFamily:
 
     args: DDPMArguments
     name: str = "ddpm"
+    # scheduler config keys that only change sampling: a resumed run may change them
+    sampling_config_keys: tuple[str, ...] = (
+        "clip_sample",
+        "clip_sample_range",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "timestep_spacing",
+        "steps_offset",
+    )
 
     def build_scheduler(self, train_images: torch.Tensor) -> DDPMPosteriorScheduler:
         a = self.args
@@ -108,9 +161,9 @@ class DDPMFamily:
             prediction_type=a.prediction_type,
         )
 
-    def build_unet(self, args: TrainingArguments, channels: int) -> UNet2DModel:
+    def build_unet(self, config: dict[str, Any], resolution: int, channels: int) -> UNet2DModel:
         learned = self.args.variance_type in ("learned", "learned_range")
-        return build_unet(args, channels, 2 * channels if learned else channels)
+        return build_unet(config, resolution, channels, 2 * channels if learned else channels)
 
     def loss(self, model, scheduler: DDPMPosteriorScheduler, x0: torch.Tensor) -> torch.Tensor:
         return ddpm_loss(model, scheduler, x0, loss_type=self.args.loss_type, vlb_weight=self.args.vlb_weight)
@@ -125,17 +178,3 @@ class DDPMFamily:
 
 def make_family(name: str, args: NCSNArguments | DDPMArguments) -> NCSNFamily | DDPMFamily:
     return {"ncsn": NCSNFamily, "ddpm": DDPMFamily}[name](args)
-
-
-def json_safe(values: dict[str, Any]) -> dict[str, Any]:
-    """Keep the JSON-serialisable values (for trackers and model cards); others become strings."""
-    safe = {}
-    for key, value in values.items():
-        try:
-            json.dumps(value)
-            safe[key] = value
-        except TypeError:
-            safe[key] = str(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            safe[key] = str(value)
-    return safe

@@ -6,14 +6,37 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterable
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFETENSORS_WEIGHTS_NAMES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+)
+#: Largest config file (model_index.json, a component's config) read from a folder: a config is a few kilobytes,
+#: trained_betas of 100,000 timesteps about 2 MB.
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 class PipelineFolderError(ValueError):
     """A pipeline folder that cannot be loaded as it is."""
+
+
+def read_json_file(path: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
+    """A config file of a folder that may come from anyone: its size is bounded before it is read."""
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise PipelineFolderError(f"{path} is {size} bytes; a config file may hold at most {max_bytes} bytes")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineFolderError(f"{path} is not valid JSON ({err}); re-save or re-download the pipeline") from err
 
 
 def pipeline_class_name(folder: str) -> str:
@@ -21,46 +44,37 @@ def pipeline_class_name(folder: str) -> str:
     path = os.path.join(folder, "model_index.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is missing: {folder} is not a saved diffusers pipeline")
-    try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-    except json.JSONDecodeError as err:
-        raise PipelineFolderError(f"{path} is not valid JSON ({err}); re-save or re-download the pipeline") from err
-    name = index.get("_class_name")
-    return name[1] if isinstance(name, list) else name
+    index = read_json_file(path)
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    if isinstance(name, list) and len(name) == 2:
+        name = name[1]
+    if not isinstance(name, str):
+        raise PipelineFolderError(f"{path} has no pipeline class name (_class_name); re-save or re-download it")
+    return name
 
 
 def check_safetensors_file(path: str) -> None:
-    """Raise if the file's header is unreadable or its tensor data is shorter than the header says."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise PipelineFolderError(f"{path} is truncated ({size} bytes); re-save or re-download the pipeline")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > size - 8:
-            raise PipelineFolderError(
-                f"{path} is truncated or not a safetensors file (header of {header_len} bytes in a {size}-byte file); "
-                "re-save or re-download the pipeline"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PipelineFolderError(f"{path} has a corrupt safetensors header; re-save or re-download it") from err
-    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + data_end > size:
+    """Raise unless safetensors itself accepts the file's header: valid JSON of tensor entries whose offsets are
+    in order and cover the data exactly (so a truncated or padded file fails). No tensor data is read."""
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
         raise PipelineFolderError(
-            f"{path} is truncated: its header describes {data_end} bytes of tensors but the file holds "
-            f"{size - 8 - header_len}; re-save or re-download the pipeline"
-        )
+            f"{path} is truncated or not a valid safetensors file ({err}); re-save or re-download the pipeline"
+        ) from err
+
+
+def _component_subfolders(folder: str, index: dict) -> Iterable[str]:
+    """The component folders listed in model_index.json (entries of the form `"name": [library, class]`)."""
+    for key, value in index.items():
+        if not key.startswith("_") and isinstance(value, list) and os.path.isdir(os.path.join(folder, key)):
+            yield os.path.join(folder, key)
 
 
 def _model_subfolders(folder: str, index: dict) -> Iterable[str]:
-    """Component folders holding a model (a config.json next to weights), as listed in model_index.json."""
-    for key, value in index.items():
-        sub = os.path.join(folder, key)
-        if not key.startswith("_") and isinstance(value, list) and os.path.isfile(os.path.join(sub, "config.json")):
-            yield sub
+    """Component folders holding a model (a config.json next to weights)."""
+    return [sub for sub in _component_subfolders(folder, index) if os.path.isfile(os.path.join(sub, "config.json"))]
 
 
 def check_pipeline_folder(folder: str, accepted_class_names: Iterable[str], allow_pickle: bool = False) -> None:
@@ -79,24 +93,26 @@ def check_pipeline_folder(folder: str, accepted_class_names: Iterable[str], allo
             f"{os.path.join(folder, 'model_index.json')} describes a {found!r} pipeline, not one of {accepted}; "
             f"load it with {found}.from_pretrained or DiffusionPipeline.from_pretrained instead"
         )
-    with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
-        index = json.load(f)
+    index = read_json_file(os.path.join(folder, "model_index.json"))
+    for sub in _component_subfolders(folder, index):
+        for config in ("config.json", "scheduler_config.json"):
+            if os.path.isfile(os.path.join(sub, config)):
+                read_json_file(os.path.join(sub, config))
     for sub in _model_subfolders(folder, index):
         files = os.listdir(sub)
         safetensors = [name for name in files if name.endswith(".safetensors")]
         pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
         for name in safetensors:
             check_safetensors_file(os.path.join(sub, name))
-        if safetensors:
-            continue
-        if pickles and not allow_pickle:
+        # diffusers loads pickle weights whenever the plain safetensors file is missing (a variant's is not enough)
+        if pickles and not any(name in files for name in SAFETENSORS_WEIGHTS_NAMES) and not allow_pickle:
             raise PipelineFolderError(
                 f"{os.path.join(sub, pickles[0])} is a pickle file, which can run arbitrary code when loaded, and "
-                f"{sub} has no safetensors weights. If you trust the file, load with allow_pickle=True and call "
-                "save_pretrained() once to convert the folder to safetensors"
+                f"{sub} has no {SAFETENSORS_WEIGHTS_NAMES[0]}. If you trust the file, load with allow_pickle=True "
+                "and call save_pretrained() once to convert the folder to safetensors"
             )
-        if not pickles:
+        if not safetensors and not pickles:
             raise PipelineFolderError(
-                f"{sub} has no weights file (expected diffusion_pytorch_model.safetensors); re-save or re-download "
+                f"{sub} has no weights file (expected {SAFETENSORS_WEIGHTS_NAMES[0]}); re-save or re-download "
                 "the pipeline"
             )

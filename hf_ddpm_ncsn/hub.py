@@ -15,6 +15,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
+from .atomic import WORK_IN_PROGRESS_SUFFIXES
+from .checkpoints import ABANDONED_DIR
+from .folder_checks import PICKLE_SUFFIXES
+
 __all__ = ["FAMILIES", "HubPushError", "model_card_template", "push_folder_to_hub", "render_model_card"]
 
 logger = logging.getLogger(__name__)
@@ -62,23 +66,16 @@ _SECRET_KEY_PARTS = ("token", "secret", "password", "key")
 _HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{10,}")
 _REDACTED = "<redacted>"
 
-# Training outputs that must stay local: resumable accelerate state, tensorboard/wandb logs, and pickle files
-# (they can run code on load). fnmatch's `*` crosses `/`, so "*/x/" catches the folder at any depth; a trailing
-# "/" makes huggingface_hub match everything below the folder.
+# Training outputs that must stay local: resumable accelerate state (abandoned checkpoints included),
+# tensorboard/wandb logs, pickle files (they can run code on load) and the hidden staging, backup and deleting
+# entries that an interrupted write leaves (`atomic.py`). fnmatch's `*` crosses `/`, so "*/x" catches the entry at
+# any depth; a trailing "/" makes huggingface_hub match everything below a folder.
+_LOCAL_FOLDERS = ["checkpoint-*", ABANDONED_DIR, "logs", ".ipynb_checkpoints", "__pycache__"]
+_LOCAL_ENTRIES = [f".*{suffix}" for suffix in WORK_IN_PROGRESS_SUFFIXES]
 _IGNORE_PATTERNS = [
-    "checkpoint-*/",
-    "*/checkpoint-*/",
-    "logs/",
-    "*/logs/",
-    ".ipynb_checkpoints/",
-    "*/.ipynb_checkpoints/",
-    "__pycache__/",
-    "*/__pycache__/",
-    "*.bin",
-    "*.pt",
-    "*.pth",
-    "*.ckpt",
-    "*.pkl",
+    *(f"{prefix}{name}/" for name in _LOCAL_FOLDERS + _LOCAL_ENTRIES for prefix in ("", "*/")),
+    *(f"{prefix}{name}" for name in _LOCAL_ENTRIES for prefix in ("", "*/")),
+    *(f"*{suffix}" for suffix in PICKLE_SUFFIXES),
 ]
 
 
@@ -199,8 +196,9 @@ def push_folder_to_hub(
 ) -> str:
     """Create `repo_id` if needed and upload `folder` to it in one commit, leaving training leftovers behind.
 
-    `checkpoint-*/` and `logs/` folders, notebook checkpoints, `__pycache__` and pickle files (`*.bin`, `*.pt`,
-    `*.pth`, `*.ckpt`, `*.pkl`) are never uploaded. The folder itself is only read.
+    `checkpoint-*/`, `abandoned-checkpoints/` and `logs/` folders, notebook checkpoints, `__pycache__`, pickle
+    files (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`) and the hidden leftovers of interrupted writes
+    (`.*.partial`, `.*.old`, `.*.deleting`) are never uploaded. The folder itself is only read.
 
     Args:
         folder (`str` or `os.PathLike`): a saved pipeline folder (with its README.md model card).

@@ -16,6 +16,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
+from .schedulers.validation import check_positive_int
 
 BIN_HALF_WIDTH = 1.0 / 255.0
 _LOG2 = math.log(2.0)
@@ -145,33 +146,36 @@ def elbo_bpd(
 ) -> ELBOOutput:
     """Every term of the negative ELBO of each image, in bits/dim, with one fresh noise draw per timestep.
 
-    Timesteps are evaluated several at a time: each model call sees up to `batch_size` inputs (default: one
-    timestep per call, i.e. B inputs); more than `batch_size` images are evaluated in chunks of `batch_size`.
+    The noise of timestep t is the t-th draw of shape x0.shape from `generator`, whatever the batching: the terms
+    do not depend on `batch_size`. Each model call sees up to `batch_size` inputs (default: B, i.e. one timestep
+    per call); several timesteps share a call when B is smaller, images are split when B is larger.
 
     Args:
         model_fn (`Callable`): (x_t, t) -> network output, t a (N,) tensor of timestep indices.
         scheduler (`DDPMPosteriorScheduler`): the diffusion.
-        x0 (`torch.Tensor`): images in [-1, 1], shape (B, C, H, W).
+        x0 (`torch.Tensor`): images in [-1, 1], shape (B, C, H, W), B >= 1.
         generator (`torch.Generator`, *optional*): random generator for the noise.
-        batch_size (`int`, *optional*): largest number of inputs per model call (at least B).
+        batch_size (`int`, *optional*): largest number of inputs per model call.
         progress (`Callable`, *optional*): wraps the iterable of timestep chunks, e.g. a progress bar.
     """
-    if batch_size is not None and x0.shape[0] > batch_size:
-        parts = [
-            elbo_bpd(model_fn, scheduler, chunk, generator, batch_size, progress) for chunk in x0.split(batch_size)
-        ]
-        return ELBOOutput(*(torch.cat([getattr(p, f) for p in parts]) for f in ("terms", "prior", "bits_per_dim")))
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch of images (B, C, H, W), got shape {tuple(x0.shape)}")
     num_images, num_timesteps = x0.shape[0], scheduler.config.num_train_timesteps
-    per_call = max(1, (batch_size or num_images) // num_images)
-    chunks = list(torch.arange(num_timesteps, device=x0.device).split(per_call))
+    batch_size = num_images if batch_size is None else check_positive_int("batch_size", batch_size)
+    chunks = list(torch.arange(num_timesteps, device=x0.device).split(max(1, batch_size // num_images)))
     terms = torch.empty(num_images, num_timesteps, dtype=torch.float32, device=x0.device)
     for chunk in progress(chunks) if progress is not None else chunks:
-        t = chunk.repeat_interleave(num_images)
+        noise = torch.cat(
+            [randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) for _ in chunk]
+        )
+        t = chunk.repeat_interleave(num_images)  # timestep-major: input j is image j % B at timestep chunk[j // B]
         x0_rep = x0.repeat(len(chunk), *([1] * (x0.ndim - 1)))
-        noise = randn_tensor(x0_rep.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = scheduler.add_noise(x0_rep, noise, t)
-        with torch.no_grad():
-            values = vb_terms_bpd(scheduler, model_fn(x_t, t), x0_rep, x_t, t)
-        terms[:, chunk] = values.reshape(len(chunk), num_images).T.float()
+        values = torch.empty(len(t), dtype=torch.float32, device=x0.device)
+        for rows in torch.arange(len(t), device=x0.device).split(batch_size):
+            with torch.no_grad():
+                output = model_fn(x_t[rows], t[rows])
+                values[rows] = vb_terms_bpd(scheduler, output, x0_rep[rows], x_t[rows], t[rows]).float()
+        terms[:, chunk] = values.reshape(len(chunk), num_images).T
     prior = prior_bpd(scheduler, x0).float()
     return ELBOOutput(terms=terms, prior=prior, bits_per_dim=terms.sum(dim=1) + prior)

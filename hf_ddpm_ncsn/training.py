@@ -28,16 +28,32 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_text
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    STATE_FILE,
+    list_checkpoints,
+    move_aside_other_lineages,
+    new_lineage,
+    prune,
+    publish_checkpoint,
+    read_state,
+    recover,
+    resume_problems,
+    staging_path,
+    write_state,
+)
 from .data import check_images, infer_channels, load_image_dataset, make_dataloader
-from .families import DDPMFamily, NCSNFamily, json_safe, make_family
+from .families import DDPMFamily, NCSNFamily, make_family, unet_config
 from .folder_checks import pipeline_class_name
 from .hub import HubPushError, push_folder_to_hub, render_model_card
+from .json_utils import dumps, to_json_value
 from .training_args import TrainingArguments, parse_training_arguments
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "training_state.json"
+__all__ = ["NonFiniteLossError", "TrainingSummary", "list_checkpoints", "main", "train", "write_model_card"]
+
 # enough points for sigma_max (NCSNv2 technique 1) without quadratic cost on large datasets
 MAX_POINTS_FOR_SIGMA_MAX = 4096
 
@@ -53,67 +69,100 @@ class TrainingSummary:
     family: str
     global_step: int
     num_processes: int
-    final_loss: float
+    final_loss: float | None  # the last step's loss (of the checkpoint when a resumed run had no step left)
     wall_time_s: float
-    images_per_second: float
-    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    images_per_second: float | None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)  # the steps this process ran
     pushed_to: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Checkpoints
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints (`checkpoint-<step>` with its state file), oldest first."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir()
-        and p.name.startswith(CHECKPOINT_PREFIX)
-        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-        and (p / STATE_FILE).is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+# Checkpoints (the folder logic lives in checkpoints.py; this is the accelerate side)
+@dataclass
+class ResumePoint:
+    """A checkpoint to resume from and its state file."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return self.state["global_step"]
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str, global_step: int, limit: int | None) -> Path:
-    """`accelerator.save_state` into a staging folder, renamed into place once complete.
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: str, global_step: int, limit: int | None, record: dict[str, Any]
+) -> Path:
+    """`accelerator.save_state` into `.checkpoint-<step>.partial`, the state file (with `record`) written last,
+    then one rename to `checkpoint-<step>`; the limit then removes the oldest (each renamed aside first).
 
-    A crash mid-write leaves only a `.checkpoint-<step>.partial` folder, which `--resume_from_checkpoint latest`
-    ignores (and the next run removes), never a `checkpoint-<step>` that looks complete.
+    A crash mid-write leaves only the hidden staging folder, which `--resume_from_checkpoint latest` ignores and
+    the next run publishes (when complete) or removes: never a `checkpoint-<step>` that looks complete.
     """
-    final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
-    staging = Path(output_dir) / f".{final.name}.partial"
+    staging = staging_path(output_dir, global_step)
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
+    final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
     if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps({"global_step": global_step}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        checkpoints = list_checkpoints(output_dir)
-        for old in checkpoints[: max(0, len(checkpoints) - limit)] if limit else []:
-            shutil.rmtree(old)
+        write_state(staging, {**record, "global_step": global_step})
+        publish_checkpoint(staging, output_dir, global_step)
+        prune(output_dir, limit)
     accelerator.wait_for_everyone()
     return final
 
 
-def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> Path | None:
+def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> ResumePoint | None:
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        return ResumePoint(checkpoints[-1], read_state(checkpoints[-1])) if checkpoints else None
     path = Path(resume_from_checkpoint)
-    if not (path / STATE_FILE).is_file():
-        raise ValueError(f"--resume_from_checkpoint {path} is not a complete checkpoint (no {STATE_FILE})")
-    return path
+    state = read_state(path)
+    if state is None:
+        raise ValueError(
+            f"--resume_from_checkpoint {path} is not a complete checkpoint (its {STATE_FILE} is missing, or files "
+            "it lists are missing or of another size)"
+        )
+    return ResumePoint(path, state)
+
+
+def check_resumable(
+    resume: ResumePoint, record: dict[str, Any], sampling_config_keys: tuple[str, ...] = ()
+) -> list[str]:
+    """Raise if the run of `record` cannot resume `resume`; return the legitimate changes (to be logged)."""
+    mismatches, changes = resume_problems(resume.state, record, sampling_config_keys)
+    if mismatches:
+        raise ValueError(
+            f"cannot resume {resume.path}: it belongs to another run.\n  "
+            + "\n  ".join(mismatches)
+            + "\nResume with the checkpoint's settings, or start a new run in another --output_dir."
+        )
+    return changes
+
+
+def run_record(args: TrainingArguments, family, num_processes: int, unet=None, scheduler=None) -> dict[str, Any]:
+    """What a checkpoint records about its run (the UNet and scheduler configs once they are built)."""
+    record = {"family": family.name, "num_processes": num_processes, "arguments": public_arguments(args, family)}
+    if unet is not None:
+        record["unet_config"] = dict(unet.config)
+    if scheduler is not None:
+        record["scheduler_config"] = dict(scheduler.config)
+    return record
+
+
+def _apply_learning_rate(optimizer, lr_scheduler, learning_rate: float) -> None:
+    """`load_state` restores the checkpoint's base learning rate; a new --learning_rate on resume replaces it (the
+    schedule's shape, from --lr_scheduler / --lr_warmup_steps / --max_train_steps, is already the new one)."""
+    schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps the torch scheduler
+    schedule.base_lrs = [learning_rate] * len(schedule.base_lrs)
+    for group, factor in zip(optimizer.param_groups, schedule.lr_lambdas, strict=True):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor(schedule.last_epoch)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -139,7 +188,7 @@ def public_arguments(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -
     """Arguments worth recording (trackers, model card): everything but the token."""
     values = {**vars(args), **vars(family.args)}
     values.pop("hub_token", None)
-    return json_safe(values)
+    return to_json_value(values)
 
 
 def _stack_images(dataloader, limit: int) -> torch.Tensor:
@@ -181,10 +230,15 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
-        for stale in Path(args.output_dir).glob(f".{CHECKPOINT_PREFIX}*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
+        recover(args.output_dir)  # finish what a crash interrupted before anything reads the checkpoints
+    accelerator.wait_for_everyone()
+    # every check that can refuse the run comes before the data is loaded, and runs on every process
+    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if resume is not None:
+        check_resumable(resume, run_record(args, family, accelerator.num_processes))
+    base_unet_config = unet_config(args)
 
-    # data first: a bad path, column or image stops the run before any model is built
+    # then the data: a bad path, column or image stops the run before any model is built
     dataset = load_image_dataset(
         args.dataset_name,
         args.dataset_config_name,
@@ -208,7 +262,11 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
 
     set_seed(args.seed)  # the same initial weights on every process
     scheduler = family.build_scheduler(_stack_images(dataloader, MAX_POINTS_FOR_SIGMA_MAX))
-    unet = family.build_unet(args, channels)
+    unet = family.build_unet(base_unet_config, args.resolution, channels)
+    record = run_record(args, family, accelerator.num_processes, unet, scheduler)
+    if resume is not None:
+        for change in check_resumable(resume, record, family.sampling_config_keys):
+            logger.info("Resuming %s with a changed setting: %s", resume.path.name, change)
     ema = None
     if args.use_ema:
         ema = EMAModel(
@@ -236,6 +294,11 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
         )
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    if resume is not None and resume.step > max_train_steps:
+        raise ValueError(
+            f"{resume.path} is at step {resume.step}, past the {max_train_steps} steps of this run "
+            "(--max_train_steps / --num_epochs): raise --max_train_steps to continue it"
+        )
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
@@ -249,23 +312,25 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
         accelerator.register_for_checkpointing(ema)
     set_seed(args.seed, device_specific=True)  # different noise on every process
 
-    global_step = 0
-    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+    global_step, last_loss = 0, None
+    if resume is not None:
+        accelerator.load_state(str(resume.path))
         if ema is not None:
             ema.to(accelerator.device)  # accelerate restores custom states on the CPU
-        global_step = json.loads((resume_from / STATE_FILE).read_text())["global_step"]
-        logger.info("Resumed from %s at step %d", resume_from, global_step)
+        if resume.state["arguments"].get("learning_rate") != args.learning_rate:
+            _apply_learning_rate(optimizer, lr_scheduler, args.learning_rate)
+        global_step, last_loss = resume.step, resume.state.get("last_loss")
+        logger.info("Resumed from %s at step %d", resume.path, global_step)
     elif args.resume_from_checkpoint == "latest":
         logger.info("No checkpoint in %s: starting a new run", args.output_dir)
+    lineage = new_lineage(resume.state if resume is not None else None, global_step)
+    if accelerator.is_main_process:
+        move_aside_other_lineages(args.output_dir, lineage)
+    accelerator.wait_for_everyone()
 
     if accelerator.is_main_process and args.logger != "none":
         # trackers (tensorboard's hparams) take scalars only
-        config = {
-            k: v if isinstance(v, int | float | str | bool) else str(v)
-            for k, v in public_arguments(args, family).items()
-        }
+        config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in record["arguments"].items()}
         accelerator.init_trackers(f"{family.name}-training", config=config)
     logger.info(
         "Training %s: %d images, %d channels, %d processes (%s), %d steps of %d x %d images",
@@ -284,7 +349,6 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     )
     loss_history: list[tuple[int, float]] = []
     first_batch_digest = None
-    last_loss = float("nan")
     start, images_seen = time.perf_counter(), 0
     first_epoch = global_step // steps_per_epoch
     skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
@@ -329,7 +393,8 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
                 logs["ema_decay"] = ema.cur_decay_value
             accelerator.log(logs, step=global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                state = {**record, "run_id": lineage[-1][0], "lineage": lineage, "last_loss": mean_loss}
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, state)
             if args.save_images_steps and global_step % args.save_images_steps == 0:
                 _preview(accelerator, family, unet, ema, scheduler, args, global_step)
             if global_step >= max_train_steps:
@@ -338,6 +403,7 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     wall = time.perf_counter() - start
     accelerator.wait_for_everyone()
     _write_process_report(accelerator, args, unet, first_batch_digest, global_step)
+    accelerator.wait_for_everyone()  # every report is written before the main process republishes the folder
 
     summary = TrainingSummary(
         family=family.name,
@@ -345,7 +411,7 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
         num_processes=accelerator.num_processes,
         final_loss=last_loss,
         wall_time_s=wall,
-        images_per_second=images_seen / wall if wall > 0 else float("nan"),
+        images_per_second=images_seen / wall if wall > 0 and images_seen else None,
         loss_history=loss_history,
     )
     if accelerator.is_main_process:
@@ -399,8 +465,8 @@ def _finish(
     grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
     grid.save(Path(args.output_dir) / "samples.png")
     metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
-    Path(args.output_dir, "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
-    Path(args.output_dir, "training_args.json").write_text(json.dumps(public_arguments(args, family), indent=2))
+    atomic_write_text(Path(args.output_dir, "metrics.json"), dumps(metrics, indent=2))
+    atomic_write_text(Path(args.output_dir, "training_args.json"), dumps(public_arguments(args, family), indent=2))
     write_model_card(args.output_dir)
     _log_image(accelerator, "final_samples", grid, summary.global_step)
     logger.info("Saved the %s pipeline to %s", family.name, args.output_dir)
@@ -458,5 +524,5 @@ def main(family_name: str, argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps({"global_step": summary.global_step, "final_loss": summary.final_loss}))
+    print(dumps({"global_step": summary.global_step, "final_loss": summary.final_loss}))
     return 0

@@ -7,9 +7,11 @@ Every argument can also come from a JSON or YAML file (`--config FILE`); argumen
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +19,14 @@ from diffusers.optimization import SchedulerType
 from transformers import HfArgumentParser
 
 from .losses import DDPM_LOSS_TYPES
+from .schedulers import DDPMPosteriorScheduler
 from .schedulers.beta_schedules import BETA_SCHEDULES
+from .schedulers.scheduling_ddpm_posterior import MAX_TRAIN_TIMESTEPS, VARIANCE_TYPES
 from .schedulers.scheduling_ddpm_posterior import PREDICTION_TYPES as DDPM_PREDICTION_TYPES
-from .schedulers.scheduling_ddpm_posterior import VARIANCE_TYPES
+from .schedulers.scheduling_ncsn import MAX_CHAIN_LENGTH, MAX_NOISE_LEVELS
+
+# owner/name or name, as the Hub spells repo ids
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def _arg(default: Any, help: str, **metadata: Any) -> Any:
@@ -44,10 +51,13 @@ class TrainingArguments:
     dataloader_num_workers: int = _arg(0, "DataLoader worker processes.")
     # model
     model_config_name_or_path: str | None = _arg(
-        None, "A UNet2DModel config (folder or JSON file) to start from; default: a small UNet sized by --resolution."
+        None,
+        "A UNet2DModel config to build the model from: a JSON file, a folder (its config.json, or unet/config.json "
+        "of a saved pipeline) or a Hub repo id; default: a small UNet sized by --resolution. Its sample size and "
+        "channels follow the data.",
     )
     block_out_channels: list[int] = _arg(None, "UNet channels per level (default: 32 64 64).")
-    layers_per_block: int = _arg(1, "ResNet layers per UNet level.")
+    layers_per_block: int | None = _arg(None, "ResNet layers per UNet level (default: 1).")
     # optimisation
     train_batch_size: int = _arg(64, "Batch size per process.")
     num_epochs: int = _arg(100, "Epochs to train (ignored when --max_train_steps is set).")
@@ -91,20 +101,51 @@ class TrainingArguments:
         for name in ("lr_warmup_steps", "checkpointing_steps", "save_images_steps", "dataloader_num_workers"):
             _check_positive(name, getattr(self, name), allow_zero=True)
         _check_positive("num_preview_images", self.num_preview_images)
-        if self.max_train_steps is not None:
-            _check_positive("max_train_steps", self.max_train_steps)
-        if self.checkpoints_total_limit is not None:
-            _check_positive("checkpoints_total_limit", self.checkpoints_total_limit)
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 0 < self.ema_max_decay < 1:
-            raise ValueError(f"--ema_max_decay must lie in (0, 1), got {self.ema_max_decay}")
-        if self.block_out_channels is not None and any(c <= 0 for c in self.block_out_channels):
-            raise ValueError(f"--block_out_channels must be positive, got {self.block_out_channels}")
+        for name in ("max_train_steps", "checkpoints_total_limit", "layers_per_block"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must lie in [0, 2**32 - 1] (numpy's seed range), got {self.seed}")
+        _check_number("learning_rate", self.learning_rate, low=0.0)
+        _check_number("adam_beta1", self.adam_beta1, low=0.0, high=1.0, include_low=True)
+        _check_number("adam_beta2", self.adam_beta2, low=0.0, high=1.0, include_low=True)
+        _check_number("adam_epsilon", self.adam_epsilon, low=0.0)
+        _check_number("adam_weight_decay", self.adam_weight_decay, low=0.0, include_low=True)
+        _check_number("max_grad_norm", self.max_grad_norm, low=0.0, include_low=True)
+        _check_number("ema_inv_gamma", self.ema_inv_gamma, low=0.0)
+        _check_number("ema_power", self.ema_power, low=0.0)
+        _check_number("ema_max_decay", self.ema_max_decay, low=0.0, high=1.0)
+        self._check_model_arguments()
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise ValueError(f"--output_dir {self.output_dir!r} is a file; pass a folder (new or existing)")
         if self.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(self.resume_from_checkpoint):
             raise ValueError(
                 f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a folder; pass 'latest' or a "
                 "checkpoint-<step> folder"
+            )
+
+    def _check_model_arguments(self) -> None:
+        path = self.model_config_name_or_path
+        if path is not None:
+            given = [name for name in ("block_out_channels", "layers_per_block") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"--{' and --'.join(given)} cannot be combined with --model_config_name_or_path: the config sets "
+                    "the architecture; edit the config instead"
+                )
+            if not os.path.exists(path) and not _REPO_ID.match(path):
+                raise ValueError(
+                    f"--model_config_name_or_path {path!r} does not exist (and is not a Hub repo id such as "
+                    "'user/model'); pass a UNet2DModel config.json, a folder holding one, or a Hub repo id"
+                )
+        widths = self.block_out_channels
+        if widths is not None and (not widths or any(c <= 0 for c in widths)):
+            raise ValueError(f"--block_out_channels must be positive, got {widths}")
+        levels = len(widths) if widths else 3
+        if path is None and self.resolution % 2 ** (levels - 1):
+            raise ValueError(
+                f"--resolution {self.resolution} must be divisible by {2 ** (levels - 1)}: a UNet with {levels} "
+                "levels (--block_out_channels) halves it at every level but the last"
             )
 
 
@@ -134,13 +175,16 @@ class NCSNArguments:
     denoise_final: bool = _arg(True, "Apply the Tweedie denoise after the last level.")
 
     def __post_init__(self) -> None:
-        if self.num_noise_levels < 2:
-            raise ValueError(f"--num_noise_levels must be >= 2, got {self.num_noise_levels}")
-        _check_positive("num_langevin_steps", self.num_langevin_steps)
+        if not 2 <= self.num_noise_levels <= MAX_NOISE_LEVELS:
+            raise ValueError(f"--num_noise_levels must lie in [2, {MAX_NOISE_LEVELS}], got {self.num_noise_levels}")
+        if not 1 <= self.num_langevin_steps <= MAX_CHAIN_LENGTH // self.num_noise_levels:
+            raise ValueError(
+                f"--num_langevin_steps must lie in [1, {MAX_CHAIN_LENGTH // self.num_noise_levels}] (at most "
+                f"{MAX_CHAIN_LENGTH} steps in the chain), got {self.num_langevin_steps}"
+            )
         self.sigma_max = _number_or_auto("sigma_max", self.sigma_max)
         self.step_size = _number_or_auto("step_size", self.step_size)
-        if not self.sigma_min > 0:
-            raise ValueError(f"--sigma_min must be positive, got {self.sigma_min}")
+        _check_number("sigma_min", self.sigma_min, low=0.0)
         if self.sigma_max != "auto" and self.sigma_max <= self.sigma_min:
             raise ValueError(f"--sigma_max={self.sigma_max} must exceed --sigma_min={self.sigma_min}")
 
@@ -160,10 +204,22 @@ class DDPMArguments:
     vlb_weight: float = _arg(0.001, "lambda of the hybrid loss.")
 
     def __post_init__(self) -> None:
-        if self.ddpm_num_steps < 2:
-            raise ValueError(f"--ddpm_num_steps must be >= 2, got {self.ddpm_num_steps}")
+        if not 2 <= self.ddpm_num_steps <= MAX_TRAIN_TIMESTEPS:
+            raise ValueError(f"--ddpm_num_steps must lie in [2, {MAX_TRAIN_TIMESTEPS}], got {self.ddpm_num_steps}")
         if self.ddpm_num_inference_steps is not None and not 1 <= self.ddpm_num_inference_steps <= self.ddpm_num_steps:
             raise ValueError(f"--ddpm_num_inference_steps must lie in [1, {self.ddpm_num_steps}]")
+        _check_number("vlb_weight", self.vlb_weight, low=0.0, include_low=True)
+        try:  # the scheduler checks the schedule itself (betas in (0, 1]), here rather than after loading the data
+            DDPMPosteriorScheduler(
+                num_train_timesteps=self.ddpm_num_steps,
+                beta_schedule=self.ddpm_beta_schedule,
+                beta_start=self.beta_start,
+                beta_end=self.beta_end,
+                variance_type=self.variance_type,
+                prediction_type=self.prediction_type,
+            )
+        except ValueError as err:
+            raise ValueError(f"--beta_start / --beta_end / --ddpm_beta_schedule: {err}") from None
         if self.loss_type == "simple" and self.variance_type in ("learned", "learned_range"):
             raise ValueError(
                 f"--loss_type simple does not train the variance of --variance_type {self.variance_type}; "
@@ -174,6 +230,17 @@ class DDPMArguments:
 def _check_positive(name: str, value: int, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"--{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+def _check_number(
+    name: str, value: float, low: float, high: float = math.inf, include_low: bool = False, include_high: bool = False
+) -> None:
+    """A finite number in the interval (inclusive ends as said); NaN and infinities never pass."""
+    above = low <= value if include_low else low < value
+    below = value <= high if include_high else value < high
+    if not (math.isfinite(value) and above and below):
+        interval = f"{'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
+        raise ValueError(f"--{name} must be a finite number in {interval}, got {value}")
 
 
 def _number_or_auto(name: str, value: str | float) -> str | float:
@@ -223,5 +290,21 @@ def parse_training_arguments(family: str, argv: list[str] | None = None) -> tupl
         argv = _config_file_to_argv(argv[at + 1]) + argv[:at] + argv[at + 2 :]
     family_args = {"ncsn": NCSNArguments, "ddpm": DDPMArguments}[family]
     parser = HfArgumentParser((TrainingArguments, family_args), description=f"Train a {family.upper()} pipeline.")
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ValueError(_describe_unknown(unknown, parser))
     training, specific = parser.parse_args_into_dataclasses(args=argv)
     return training, specific
+
+
+def _describe_unknown(unknown: list[str], parser: HfArgumentParser) -> str:
+    """Name the unrecognised flags, with the closest known ones, and never their values (one may be a token)."""
+    known = [option for action in parser._actions for option in action.option_strings]
+    flags = [item.split("=", 1)[0] for item in unknown if item.startswith("-")]
+    described = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1)
+        described.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    has_values = len(unknown) > len(flags) or any("=" in item for item in unknown)
+    hidden = "; their values are not shown" if has_values else ""
+    return f"unrecognised arguments: {', '.join(described) or 'none named'}{hidden}; see --help"

@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Parse, evaluate, print the table; returns the exit code (2: bad arguments, 1: the evaluation failed)."""
     args = parse_args(argv)
     # imported after parsing so that --help and argument errors answer at once
     from hf_ddpm_ncsn.evaluation import default_output_dir, evaluate, format_report
@@ -132,23 +133,28 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     sampling = {"num_inference_steps": args.num_inference_steps, "num_langevin_steps": args.num_langevin_steps}
     sample_kwargs = {name: value for name, value in sampling.items() if value is not None}
-    report = evaluate(
-        args.pipeline,
-        dataset_name=args.dataset_name,
-        train_data_dir=args.train_data_dir,
-        image_column=args.image_column,
-        num_samples=args.num_samples,
-        num_elbo_images=args.num_elbo_images,
-        elbo_strata=args.elbo_strata,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        inception_weights=args.inception_weights,
-        output_dir=args.output_dir or default_output_dir(args.pipeline),
-        sample_kwargs=sample_kwargs,
-    )
+    try:
+        report = evaluate(
+            args.pipeline,
+            dataset_name=args.dataset_name,
+            train_data_dir=args.train_data_dir,
+            image_column=args.image_column,
+            num_samples=args.num_samples,
+            num_elbo_images=args.num_elbo_images,
+            elbo_strata=args.elbo_strata,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            inception_weights=args.inception_weights,
+            output_dir=args.output_dir or default_output_dir(args.pipeline),
+            sample_kwargs=sample_kwargs,
+        )
+    except (ValueError, OSError) as err:  # a bad folder, a refused argument, an unreachable Hub: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(format_report(report))
     print("wrote " + ", ".join(report["files"].values()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

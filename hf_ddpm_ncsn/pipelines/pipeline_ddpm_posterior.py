@@ -11,19 +11,31 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 from ..folder_checks import pipeline_class_name
 from ..likelihood import ELBOOutput, elbo_bpd
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
+from ..schedulers.validation import check_positive_int
 from .shareable_pipeline import ShareablePipeline
 
 
-def _as_model_input(images: torch.Tensor) -> torch.Tensor:
-    """8-bit images as float in [-1, 1]: uint8 is scaled, float must already lie on the 256-bin grid."""
+def _as_model_input(images: torch.Tensor, unet_config) -> torch.Tensor:
+    """8-bit images of the UNet's shape as float in [-1, 1]: uint8 is scaled, float must already lie on the
+    256-bin grid."""
+    size = unet_config.sample_size
+    expected = (unet_config.in_channels, *((size, size) if isinstance(size, int) else size))
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, {', '.join(map(str, expected))}) tensor for this UNet, got {got}")
+    if len(images) == 0:
+        raise ValueError("images is empty: pass at least one image")
     if images.dtype == torch.uint8:
         return images.float() / 127.5 - 1
-    if images.ndim != 4 or not torch.is_floating_point(images):
-        raise ValueError(
-            f"images must be a (B, C, H, W) uint8 or float tensor, got {images.dtype} {tuple(images.shape)}"
-        )
+    if not torch.is_floating_point(images):
+        raise ValueError(f"images must be uint8 or float, got {images.dtype}")
     levels = (images.double() + 1) * 127.5
-    if images.min() < -1 or images.max() > 1 or (levels - levels.round()).abs().max() > 1e-3:
+    if (
+        not torch.isfinite(images).all()
+        or images.min() < -1
+        or images.max() > 1
+        or (levels - levels.round()).abs().max() > 1e-3
+    ):
         raise ValueError(
             "images must be 8-bit data scaled to [-1, 1] (x = uint8 / 127.5 - 1): the likelihood is over 256 bins"
         )
@@ -54,6 +66,22 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             kwargs = {**kwargs, "scheduler": DDPMPosteriorScheduler.from_pretrained(folder, subfolder="scheduler")}
         return kwargs
 
+    def _num_steps(self, num_inference_steps: int | None) -> int:
+        return self.scheduler.config.num_train_timesteps if num_inference_steps is None else num_inference_steps
+
+    def check_inputs(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        output_type: str = "pil",
+        callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+    ) -> None:
+        """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
+        arguments are those of `__call__`)."""
+        self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self._check_timesteps(num_inference_steps=self._num_steps(num_inference_steps))
+
     @torch.no_grad()
     def __call__(
         self,
@@ -79,10 +107,9 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 step; may return `{"sample": ...}` to replace the sample.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
         """
-        self._check_call_arguments(batch_size, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(batch_size, generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
-        steps = self.scheduler.config.num_train_timesteps if num_inference_steps is None else num_inference_steps
-        self.scheduler.set_timesteps(steps, device=device)
+        self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
 
         def model_step(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             model_output = self.unet(sample, t).sample
@@ -109,7 +136,11 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             batch_size (`int`, *optional*): largest number of UNet inputs per call; timesteps are batched together
                 up to it (default: one timestep per call).
         """
-        x0 = _as_model_input(images).to(device=self._execution_device, dtype=self.unet.dtype)
+        x0 = _as_model_input(images, self.unet.config).to(device=self._execution_device, dtype=self.unet.dtype)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.unet(x_t, t).sample

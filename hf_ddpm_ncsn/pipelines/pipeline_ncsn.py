@@ -30,6 +30,23 @@ class NCSNPipeline(ShareablePipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
+    def check_inputs(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
+        num_langevin_steps: int | None = None,
+        step_size: float | None = None,
+        output_type: str = "pil",
+        callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+    ) -> None:
+        """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
+        arguments are those of `__call__`)."""
+        self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self._check_timesteps(
+            num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
+        )
+
     @torch.no_grad()
     def __call__(
         self,
@@ -59,7 +76,15 @@ class NCSNPipeline(ShareablePipeline):
                 step; may return `{"sample": ...}` to replace the sample.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
         """
-        self._check_call_arguments(batch_size, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            batch_size,
+            generator,
+            num_inference_steps,
+            num_langevin_steps,
+            step_size,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
         device = self._execution_device
         self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
         embedding = self.unet.config.time_embedding_type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..atomic import atomic_directory
-from ..diffusers_loading import finalize_saved_folder
+from ..diffusers_loading import finalize_saved_folder, folder_already_checked
 from ..folder_checks import check_pipeline_folder
 from ..hub import push_folder_to_hub, render_model_card
 from ..plots import image_grid
@@ -23,6 +24,22 @@ from ..schedulers.validation import check_choice, check_positive_int
 OUTPUT_TYPES = ("pil", "np", "pt")
 # arguments of `from_pretrained` that matter for fetching a Hub repo before it is checked
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "variant")
+
+
+def check_generator(generator, batch_size: int) -> None:
+    """`generator` must be None, a `torch.Generator`, or a list of `batch_size` of them (one per image)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list | tuple) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but batch_size={batch_size}: pass one "
+                "generator, or one per image"
+            )
+        return
+    raise ValueError(
+        f"generator must be a torch.Generator or a list of batch_size of them, got {type(generator).__name__}"
+    )
 
 
 class ShareablePipeline(DiffusionPipeline):
@@ -54,7 +71,8 @@ class ShareablePipeline(DiffusionPipeline):
         if not os.path.isdir(folder):
             folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
         check_pipeline_folder(folder, cls.loadable_class_names, allow_pickle=allow_pickle)
-        return super().from_pretrained(folder, **cls._components_for_foreign_folder(folder, kwargs))
+        with folder_already_checked(folder):
+            return super().from_pretrained(folder, **cls._components_for_foreign_folder(folder, kwargs))
 
     @classmethod
     def _components_for_foreign_folder(cls, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +88,8 @@ class ShareablePipeline(DiffusionPipeline):
         push_to_hub: bool = False,
         **kwargs,
     ) -> None:
-        """Save safetensors weights, configs and the loader shim, atomically (see `atomic_directory`).
+        """Save safetensors weights, configs and the loader shim, atomically (see `atomic_directory`): at every
+        instant `save_directory` holds the complete old pipeline or the complete new one.
 
         Other entries of an existing `save_directory` (checkpoints, logs, a model card) are kept.
 
@@ -86,7 +105,7 @@ class ShareablePipeline(DiffusionPipeline):
             raise ValueError(
                 "safe_serialization=False would write pickle weights; hf_ddpm_ncsn saves safetensors only"
             )
-        with atomic_directory(save_directory, marker="model_index.json") as staging:
+        with atomic_directory(save_directory) as staging:
             super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
             finalize_saved_folder(staging, type(self))
         if push_to_hub:
@@ -204,15 +223,20 @@ class ShareablePipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------------------------------------
     # Sampling helpers
     def _check_call_arguments(
-        self, batch_size: int, output_type: str, callback_on_step_end_tensor_inputs: list[str]
+        self, batch_size: int, generator, output_type: str, callback_on_step_end_tensor_inputs: list[str]
     ) -> None:
         check_positive_int("batch_size", batch_size)
+        check_generator(generator, batch_size)
         check_choice("output_type", output_type, OUTPUT_TYPES)
         unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs has {unknown}; accepted values: {self._callback_tensor_inputs}"
             )
+
+    def _check_timesteps(self, **set_timesteps_kwargs) -> None:
+        """Lay out the chain on a copy of the scheduler: a bad step count fails here, before any sampling."""
+        copy.deepcopy(self.scheduler).set_timesteps(**set_timesteps_kwargs)
 
     def _initial_noise(self, batch_size: int, generator, scale: float) -> torch.Tensor:
         size = self.unet.config.sample_size

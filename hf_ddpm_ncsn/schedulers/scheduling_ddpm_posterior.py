@@ -18,11 +18,13 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
-from .validation import check_choice, check_positive_float, check_positive_int
+from .validation import check_bool, check_choice, check_float_in_range, check_positive_float, check_positive_int
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+# Bound on what a config may ask for (a config file is untrusted input): every schedule table is T float64 values.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 @dataclass
@@ -103,7 +105,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
     `learned` reads the model's extra channels as a log-variance (as improved-diffusion does).
 
     Args:
-        num_train_timesteps (`int`, defaults to 1000): number of diffusion steps T (at least 2).
+        num_train_timesteps (`int`, defaults to 1000): number of diffusion steps T (2 to 100,000).
         beta_start (`float`, defaults to 0.0001): first beta of the linear-type schedules.
         beta_end (`float`, defaults to 0.02): last beta of the linear-type schedules.
         beta_schedule (`str`, defaults to `"linear"`): `"linear"`, `"scaled_linear"`, `"squaredcos_cap_v2"`,
@@ -115,11 +117,11 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         clip_sample (`bool`, defaults to `True`): clip the predicted x_0 to [-clip_sample_range, clip_sample_range].
         prediction_type (`str`, defaults to `"epsilon"`): `"epsilon"`, `"sample"` (x_0) or `"v_prediction"`.
         thresholding (`bool`, defaults to `False`): dynamic thresholding of x_0 (Saharia et al. 2022).
-        dynamic_thresholding_ratio (`float`, defaults to 0.995): percentile used by thresholding.
+        dynamic_thresholding_ratio (`float`, defaults to 0.995): percentile used by thresholding, in (0, 1].
         clip_sample_range (`float`, defaults to 1.0): clipping bound.
         sample_max_value (`float`, defaults to 1.0): largest threshold of dynamic thresholding.
         timestep_spacing (`str`, defaults to `"leading"`): `"linspace"`, `"leading"` or `"trailing"`.
-        steps_offset (`int`, defaults to 0): offset added to `"leading"` inference timesteps.
+        steps_offset (`int`, defaults to 0): offset added to `"leading"` inference timesteps (below T).
         rescale_betas_zero_snr (`bool`, defaults to `False`): rescale betas to zero terminal SNR.
     """
 
@@ -145,7 +147,26 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        check_positive_int("num_train_timesteps", num_train_timesteps, minimum=2)
+        # values from an untrusted config are bounded before anything is allocated from them
+        checked = {
+            "num_train_timesteps": check_positive_int(
+                "num_train_timesteps", num_train_timesteps, minimum=2, maximum=MAX_TRAIN_TIMESTEPS
+            ),
+            "beta_start": check_float_in_range("beta_start", beta_start, -math.inf, math.inf),
+            "beta_end": check_float_in_range("beta_end", beta_end, -math.inf, math.inf),
+            "clip_sample": check_bool("clip_sample", clip_sample),
+            "thresholding": check_bool("thresholding", thresholding),
+            "dynamic_thresholding_ratio": check_float_in_range(
+                "dynamic_thresholding_ratio", dynamic_thresholding_ratio, 0.0, 1.0, include_low=False
+            ),
+            "clip_sample_range": check_positive_float("clip_sample_range", clip_sample_range),
+            "sample_max_value": check_positive_float("sample_max_value", sample_max_value),
+            "steps_offset": check_positive_int(
+                "steps_offset", steps_offset, minimum=0, maximum=num_train_timesteps - 1
+            ),
+            "rescale_betas_zero_snr": check_bool("rescale_betas_zero_snr", rescale_betas_zero_snr),
+        }
+        num_train_timesteps = checked["num_train_timesteps"]
         if trained_betas is None:
             check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
         elif len(trained_betas) != num_train_timesteps:
@@ -155,8 +176,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        check_positive_float("clip_sample_range", clip_sample_range)
-        check_positive_int("steps_offset", steps_offset, minimum=0)
+        self.register_to_config(**checked)  # NumPy scalars become Python numbers: the config stays JSON
 
         betas = make_betas(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
@@ -329,7 +349,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"timesteps must be a non-empty strictly descending list, got {timesteps!r}")
             self.custom_timesteps, self.num_inference_steps = True, None
         else:
-            check_positive_int("num_inference_steps", num_inference_steps)
+            num_inference_steps = check_positive_int("num_inference_steps", num_inference_steps)
             if num_inference_steps > num_train:
                 raise ValueError(
                     f"num_inference_steps={num_inference_steps} cannot exceed num_train_timesteps={num_train}"
@@ -342,8 +362,10 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
                 steps = (np.arange(num_inference_steps) * ratio).round()[::-1].astype(np.int64)
                 steps = steps + self.config.steps_offset
             else:
+                # diffusers' np.arange(T, 0, -T / n) has n + 1 entries for some n (61, 103, ... of 1000) through
+                # float rounding; its first n are the right ones
                 ratio = num_train / num_inference_steps
-                steps = np.round(np.arange(num_train, 0, -ratio)).astype(np.int64) - 1
+                steps = np.round(np.arange(num_train, 0, -ratio)[:num_inference_steps]).astype(np.int64) - 1
             self.custom_timesteps, self.num_inference_steps = False, num_inference_steps
         if steps.min() < 0 or steps.max() >= num_train:
             raise ValueError(f"timesteps must lie in [0, {num_train - 1}], got {steps.tolist()}")
@@ -356,13 +378,15 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
             self._sampling_chain = self._train_chain
         else:
             self._sampling_chain = posterior_chain(self._train_chain["alphas_cumprod"][ascending])
-        self._chain_timesteps = [int(t) for t in ascending]
-        self._chain_position = {t: i for i, t in enumerate(self._chain_timesteps)}
+        self._chain_position = {int(t): i for i, t in enumerate(ascending)}
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The timestep the sampling chain goes to from `timestep` (-1 after the last step)."""
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the sampling chain goes to from `timestep`, as diffusers' `DDPMScheduler` returns it: after
+        `set_timesteps`, a 0-d tensor (`tensor(-1)` after the last step); on the training chain, `timestep - 1`."""
+        if not (self.custom_timesteps or self.num_inference_steps):
+            return timestep - 1
         position = self._position(timestep)
-        return -1 if position == 0 else self._chain_timesteps[position - 1]
+        return torch.tensor(-1) if position == 0 else self.timesteps[len(self.timesteps) - position]
 
     def _position(self, timestep: int | torch.Tensor) -> int:
         t = int(timestep)
@@ -384,7 +408,12 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         """Ancestral step x_t -> x_{t-1} ~ p_theta(x_{t-1} | x_t) along the sampling chain.
 
         The noise is drawn exactly as diffusers' `DDPMScheduler.step` draws it (only when t > 0, with
-        `randn_tensor` and the caller's generator), so both give the same samples for the same seed.
+        `randn_tensor` and the caller's generator), so both give the same samples for the same seed, with one
+        exception: the last step of a chain whose last timestep is above 0 (`timestep_spacing="trailing"`, or
+        `"leading"` with `steps_offset` >= 1). There it returns the mean, which is the predicted x_0 (the chain
+        ends at x_0 = mu(x_1), as in the DDPM paper), while diffusers adds N(0, 1 - alpha_bar_t) noise for
+        `fixed_large` and `learned_range` (its `fixed_small` variance there is 1e-20). The noise is still drawn,
+        so the generator advances as in diffusers.
 
         Args:
             model_output (`torch.Tensor`): the network's output at (sample, timestep).
@@ -398,7 +427,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         mean, log_variance, x0 = self._p_mean_log_variance(model_output, sample, t, position, self._sampling_chain)
         prev_sample = mean
         if t > 0:
-            noise = randn_tensor(mean.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            noise = randn_tensor(mean.shape, generator=generator, device=sample.device, dtype=model_output.dtype)
             if position > 0:
                 std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else (0.5 * log_variance).exp()
                 prev_sample = prev_sample + std * noise

@@ -17,10 +17,23 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .validation import check_choice, check_positive_float, check_positive_int
+from .validation import check_bool, check_choice, check_positive_float, check_positive_int
 
 PREDICTION_TYPES = ("epsilon", "score")
 TIME_EMBEDDING_TYPES = ("positional", "fourier", "learned")
+# Bounds on what a config may ask for (a config file is untrusted input): far above any published NCSN (NCSNv2
+# used up to 2,311 levels and 100 steps per level), far below what would exhaust memory.
+MAX_NOISE_LEVELS = 100_000
+MAX_LANGEVIN_STEPS = 100_000
+MAX_CHAIN_LENGTH = 1_000_000
+
+
+def _check_chain_length(num_levels: int, num_langevin_steps: int) -> None:
+    if num_levels * num_langevin_steps > MAX_CHAIN_LENGTH:
+        raise ValueError(
+            f"num_langevin_steps={num_langevin_steps} at {num_levels} noise levels makes a chain of "
+            f"{num_levels * num_langevin_steps} steps; at most {MAX_CHAIN_LENGTH} are accepted"
+        )
 
 
 @dataclass
@@ -48,8 +61,9 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
     """Annealed Langevin dynamics sampler for noise-conditional score networks.
 
     After `set_timesteps()`, `timesteps` lists the level indices from the noisiest down, each repeated
-    `num_langevin_steps` times; with `denoise_final` one extra entry (level 0) is appended, and the `step` call
-    that consumes it applies the Tweedie denoise x + sigma_min^2 s instead of a Langevin update. A plain
+    `num_langevin_steps` times; with `denoise_final` one extra entry (the last level visited: level 0, unless a
+    single level is kept) is appended, and the `step` call that consumes it applies the Tweedie denoise
+    x + sigma_t^2 s (sigma_min^2 for the full chain) instead of a Langevin update. A plain
     `for t in scheduler.timesteps: x = scheduler.step(model(x, t), t, x).prev_sample` therefore runs the whole
     chain, starting from `init_noise_sigma * randn`. The scheduler counts its `step` calls to recognise that
     last entry; `set_timesteps` resets the count, and it wraps around after a complete chain.
@@ -59,10 +73,11 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
     sigma_t^2 / sigma_min^2, so its step_lr is step_size / 2: the default 4e-5 is its step_lr = 2e-5.
 
     Args:
-        num_train_timesteps (`int`, defaults to 10): number of noise levels T.
+        num_train_timesteps (`int`, defaults to 10): number of noise levels T (2 to 100,000).
         sigma_min (`float`, defaults to 0.01): smallest noise level, `sigmas[0]`.
         sigma_max (`float`, defaults to 1.0): largest noise level, `sigmas[-1]` and `init_noise_sigma`.
-        num_langevin_steps (`int`, defaults to 100): Langevin updates L per level.
+        num_langevin_steps (`int`, defaults to 100): Langevin updates L per level (at most 100,000, and at most
+            1,000,000 updates in the whole chain).
         step_size (`float`, defaults to 4e-5): eps of the step-size rule above.
         denoise_final (`bool`, defaults to `True`): apply the Tweedie denoise after the last level (NCSNv2).
         prediction_type (`str`, defaults to `"epsilon"`): what the model outputs: `"score"` (s itself, e.g. a
@@ -84,14 +99,25 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         denoise_final: bool = True,
         prediction_type: str = "epsilon",
     ):
-        check_positive_int("num_train_timesteps", num_train_timesteps, minimum=2)
-        check_positive_float("sigma_min", sigma_min)
-        check_positive_float("sigma_max", sigma_max)
-        if sigma_min >= sigma_max:
+        # values from an untrusted config are bounded before anything is allocated from them
+        checked = {
+            "num_train_timesteps": check_positive_int(
+                "num_train_timesteps", num_train_timesteps, minimum=2, maximum=MAX_NOISE_LEVELS
+            ),
+            "sigma_min": check_positive_float("sigma_min", sigma_min),
+            "sigma_max": check_positive_float("sigma_max", sigma_max),
+            "num_langevin_steps": check_positive_int(
+                "num_langevin_steps", num_langevin_steps, maximum=MAX_LANGEVIN_STEPS
+            ),
+            "step_size": check_positive_float("step_size", step_size),
+            "denoise_final": check_bool("denoise_final", denoise_final),
+        }
+        if checked["sigma_min"] >= checked["sigma_max"]:
             raise ValueError(f"sigma_min={sigma_min} must be smaller than sigma_max={sigma_max}")
-        check_positive_int("num_langevin_steps", num_langevin_steps)
-        check_positive_float("step_size", step_size)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        _check_chain_length(checked["num_train_timesteps"], checked["num_langevin_steps"])
+        self.register_to_config(**checked)  # NumPy scalars become Python numbers: the config stays JSON
+        sigma_min, sigma_max = checked["sigma_min"], checked["sigma_max"]
 
         log_sigmas = np.linspace(math.log(sigma_min), math.log(sigma_max), num_train_timesteps, dtype=np.float64)
         self.sigmas = torch.from_numpy(np.exp(log_sigmas))
@@ -111,29 +137,34 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         Args:
             num_inference_steps (`int`, *optional*): number of noise levels to visit (default: all). A smaller
                 number keeps a subset of the trained levels evenly spread in log sigma, always including
-                sigma_min and sigma_max (for two or more levels).
+                sigma_max, and sigma_min for two or more levels (a single level is sigma_max: annealing must
+                start from the noise the chain is initialised with).
             num_langevin_steps (`int`, *optional*): Langevin updates per level (default: the config's).
             device (`str` or `torch.device`, *optional*): where to put `timesteps`.
             step_size (`float`, *optional*): eps for this chain (default: the config's).
         """
         num_train = self.config.num_train_timesteps
         num_levels = num_train if num_inference_steps is None else num_inference_steps
-        check_positive_int("num_inference_steps", num_levels)
+        num_levels = check_positive_int("num_inference_steps", num_levels)
         if num_levels > num_train:
             raise ValueError(
                 f"num_inference_steps={num_levels} cannot exceed the {num_train} trained noise levels "
                 "(num_train_timesteps)"
             )
-        self.num_langevin_steps = self.config.num_langevin_steps if num_langevin_steps is None else num_langevin_steps
-        check_positive_int("num_langevin_steps", self.num_langevin_steps)
-        self.step_size = self.config.step_size if step_size is None else step_size
-        check_positive_float("step_size", self.step_size)
+        langevin = self.config.num_langevin_steps if num_langevin_steps is None else num_langevin_steps
+        self.num_langevin_steps = check_positive_int("num_langevin_steps", langevin, maximum=MAX_LANGEVIN_STEPS)
+        _check_chain_length(num_levels, self.num_langevin_steps)
+        step_size = self.config.step_size if step_size is None else step_size
+        self.step_size = check_positive_float("step_size", step_size)
 
-        # sigmas are geometric, so evenly spaced indices are evenly spaced in log sigma
-        levels = np.linspace(0, num_train - 1, num_levels).round().astype(np.int64)[::-1]
+        # sigmas are geometric, so evenly spaced indices are evenly spaced in log sigma; one level is the noisiest
+        if num_levels == 1:
+            levels = np.array([num_train - 1])
+        else:
+            levels = np.linspace(0, num_train - 1, num_levels).round().astype(np.int64)[::-1]
         chain = np.repeat(levels, self.num_langevin_steps)
         if self.config.denoise_final:
-            chain = np.append(chain, 0)
+            chain = np.append(chain, levels[-1])  # Tweedie at the last level visited
         self.num_inference_steps = num_levels
         self.timesteps = torch.from_numpy(chain).to(device)
         self._step_index = 0
