@@ -6,9 +6,11 @@ so push / download tests run offline against the real client code.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +21,18 @@ except ImportError:  # tests/ turned into a package
 
 # The suite's tensors are tiny: extra intra-op threads only add synchronisation cost on a 2-core machine.
 torch.set_num_threads(1)
+
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_generators() -> None:
+    """Every test starts from the same global random state, whatever ran before it: an input drawn without an
+    explicit generator (``torch.randn(...)``, a pipeline called without ``generator=``) is the same on every run,
+    so no assertion passes or fails by luck."""
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 (the legacy global state is what unseeded numpy code draws from)
+    torch.manual_seed(0)
+
 
 #: Any non-empty token works with the local server; having one lets ``whoami`` and ``create_repo`` run.
 DUMMY_HF_TOKEN = "hf_local_test_token_not_a_secret"

@@ -14,6 +14,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
+import hf_ddpm_ncsn.evaluation as evaluation
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
 from hf_ddpm_ncsn.evaluation import (
     INCEPTION_MISSING,
@@ -320,6 +321,41 @@ def test_a_hub_repo_id_is_downloaded_and_evaluated(hub_cache: Path, tmp_path: Pa
 def test_unknown_sampling_arguments_are_refused():
     with pytest.raises(ValueError, match="does not take \\['num_langevin_steps'\\]"):
         generate_samples(tiny_ddpm(num_train_timesteps=4), 2, 2, num_langevin_steps=3)
+
+
+@pytest.mark.parametrize(
+    "make, sample_kwargs, match",
+    [
+        (tiny_ddpm, {"num_langevin_steps": 3}, "does not take \\['num_langevin_steps'\\]"),
+        (tiny_ddpm, {"num_inference_steps": 50}, "cannot exceed num_train_timesteps=20"),
+        (tiny_ncsn, {"num_inference_steps": 9}, "cannot exceed the 4 trained noise levels"),
+        (tiny_ncsn, {"num_langevin_steps": 0}, "num_langevin_steps must be an integer >= 1"),
+    ],
+)
+def test_bad_sampling_arguments_are_refused_before_the_data_the_classifier_or_the_elbo(
+    monkeypatch, make, sample_kwargs, match
+):
+    def expensive(*args, **kwargs):
+        raise AssertionError("expensive work started before the arguments were checked")
+
+    for name in ("load_images", "load_or_train_classifier", "likelihood_report", "generate_samples"):
+        monkeypatch.setattr(evaluation, name, expensive)
+    with pytest.raises(ValueError, match=match):
+        evaluate(make(), num_samples=4, batch_size=4, sample_kwargs=sample_kwargs)
+
+
+def test_the_script_reports_a_refused_argument_without_a_traceback(tmp_path: Path):
+    tiny_ddpm().save_pretrained(tmp_path / "pipe")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--pipeline", str(tmp_path / "pipe"), "--num_inference_steps", "50"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "error: num_inference_steps=50 cannot exceed num_train_timesteps=20" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 class _PooledProjection(torch.nn.Module):

@@ -45,6 +45,12 @@ LOCAL_ONLY_FILES = {
     "unet/old_weights.pt",
     "__pycache__/hf_ddpm_ncsn_pipeline.cpython-310.pyc",
     ".ipynb_checkpoints/README-checkpoint.md",
+    # what interrupted writes leave (hf_ddpm_ncsn.atomic) and checkpoints of abandoned runs
+    ".unet.k3j2h1g0.old/diffusion_pytorch_model.safetensors",
+    ".checkpoint-7.partial/model.safetensors",
+    ".checkpoint-3.a1b2c3d4.deleting/model.safetensors",
+    "eval/.report.json.x7y8z9.partial",
+    "abandoned-checkpoints/20261201T000000-abcd1234/checkpoint-5/model.safetensors",
 }
 
 

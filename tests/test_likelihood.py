@@ -117,20 +117,37 @@ def test_kl_terms_of_a_biased_model_match_the_closed_form():
 
 def test_elbo_is_the_same_whatever_the_timestep_batching():
     s = DDPMPosteriorScheduler(num_train_timesteps=20)
-    x0 = _images(2)
+    x0 = _images(3)
 
     def model(x_t, t):
-        return 0.3 * x_t
+        return 0.3 * x_t + 0.01 * t.reshape(-1, 1, 1, 1)
 
-    one = elbo_bpd(model, s, x0, generator=torch.Generator().manual_seed(0), batch_size=2)
-    assert torch.isfinite(one.bits_per_dim).all()
     calls = []
-    many = elbo_bpd(
-        model, s, x0, generator=torch.Generator().manual_seed(0), batch_size=8, progress=lambda c: calls.extend(c) or c
-    )
-    assert len(calls) == 5  # 20 timesteps, 4 per call
-    # the noise is drawn per chunk, so values differ but both are unbiased estimates of the same terms
-    torch.testing.assert_close(one.prior, many.prior)
+    results = [
+        elbo_bpd(
+            model,
+            s,
+            x0,
+            generator=torch.Generator().manual_seed(0),
+            batch_size=b,
+            progress=lambda c: calls.append(len(c)) or c,
+        )
+        for b in (3, 12, 2, None)  # one timestep per call, four per call, images split, the default
+    ]
+    assert calls == [20, 5, 20, 20]
+    assert torch.isfinite(results[0].bits_per_dim).all() and (results[0].terms > 0).all()
+    for other in results[1:]:  # the noise of timestep t is the t-th draw whatever the batching: the same terms
+        torch.testing.assert_close(other.terms, results[0].terms, rtol=0, atol=0)
+        torch.testing.assert_close(other.bits_per_dim, results[0].bits_per_dim, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_elbo_refuses_a_bad_batch_size_or_an_empty_batch(batch_size):
+    s = DDPMPosteriorScheduler(num_train_timesteps=4)
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        elbo_bpd(lambda x, t: x, s, _images(2), batch_size=batch_size)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        elbo_bpd(lambda x, t: x, s, _images(2)[:0])
 
 
 def test_vb_terms_pick_the_decoder_at_t0_and_kl_elsewhere():

@@ -138,3 +138,35 @@ def test_the_bound_trains_the_mean_even_where_clipping_would_saturate():
     loss = ddpm_loss(lambda x, t: weight * torch.randn_like(x) * 3, s, x0, loss_type="vlb")
     (grad,) = torch.autograd.grad(loss, [weight])
     assert grad.abs() > 0
+
+
+def test_ncsn_loss_of_the_exact_noise_predictor_is_its_closed_form_minimum():
+    # eps-prediction: the optimal eps_hat = E[eps | x] = sigma x / (s^2 + sigma^2) for N(0, s^2) data, and the loss
+    # ||eps - eps_hat||^2 has the same expected value s^2 / (s^2 + sigma^2) as the score form: a wrong sign or a
+    # missing sigma in the eps -> score conversion moves it far away (a zero model would hide both)
+    s = NCSNScheduler(num_train_timesteps=5, sigma_min=0.05, sigma_max=2.0, prediction_type="epsilon")
+    sigmas = s.sigmas.numpy()
+    minimum = float(np.mean(DATA_STD**2 / (DATA_STD**2 + sigmas**2)))
+
+    def exact_eps(x, t):
+        sigma = s.sigmas[t].reshape(-1, 1, 1, 1)
+        return sigma * x / (DATA_STD**2 + sigma**2)
+
+    loss = ncsn_score_matching_loss(exact_eps, s, _data(), generator=torch.Generator().manual_seed(1))
+    assert loss.item() == pytest.approx(minimum, rel=0.01)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_hybrid_loss_is_the_simple_loss_plus_lambda_times_the_vlb_loss(prediction_type):
+    # the same generator draws the same timesteps and noise, so the identity is exact (float64)
+    s = DDPMPosteriorScheduler(num_train_timesteps=10, prediction_type=prediction_type, clip_sample=False)
+    x0 = (torch.randint(0, 256, (64, 1, 2, 2), generator=torch.Generator().manual_seed(0)) / 127.5 - 1).double()
+
+    def model(x, t):
+        return 0.7 * x + 0.01 * t.reshape(-1, 1, 1, 1)
+
+    def loss(loss_type, **kwargs):
+        return ddpm_loss(model, s, x0, loss_type=loss_type, generator=torch.Generator().manual_seed(3), **kwargs)
+
+    expected = loss("simple") + 0.25 * loss("vlb")
+    torch.testing.assert_close(loss("hybrid", vlb_weight=0.25), expected, rtol=1e-12, atol=0)

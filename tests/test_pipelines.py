@@ -5,7 +5,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
-from hf_ddpm_ncsn import DDPMPosteriorScheduler
+from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
 from hf_ddpm_ncsn.likelihood import elbo_bpd
 
 
@@ -155,3 +155,73 @@ def test_a_ddpm_folder_saved_by_diffusers_loads_and_gets_bits_per_dim(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe.elbo(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
     assert out.terms.shape == (1, 10) and torch.isfinite(out.bits_per_dim).all()
+
+
+@pytest.mark.parametrize("sigma_max", [5.0, 0.3])
+def test_the_ncsn_chain_starts_from_noise_of_std_sigma_max(sigma_max):
+    pipe = tiny_ncsn()
+    pipe.scheduler = NCSNScheduler(num_train_timesteps=3, sigma_min=0.05, sigma_max=sigma_max, num_langevin_steps=1)
+    first = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: first.append(args[0].clone()) if not first else None)
+    pipe(batch_size=64, generator=_seed(), output_type="pt")
+    # 4,096 values: the sample std is within 3 standard errors (sigma / sqrt(2 n) each) of sigma_max
+    assert first[0].std().item() == pytest.approx(sigma_max, abs=3 * sigma_max / (2 * first[0].numel()) ** 0.5)
+
+
+@pytest.mark.parametrize("make", [tiny_ncsn, tiny_ddpm])
+def test_generators_are_checked_before_sampling(make):
+    pipe = make()
+    with pytest.raises(ValueError, match="list of 1 generators but batch_size=2"):
+        pipe(batch_size=2, generator=[_seed()])
+    with pytest.raises(ValueError, match="generator must be a torch.Generator.*got int"):
+        pipe(batch_size=2, generator=0)
+    a = pipe(batch_size=2, generator=[_seed(1), _seed(2)], output_type="pt").images
+    b = pipe(batch_size=2, generator=[_seed(1), _seed(2)], output_type="pt").images
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # one generator per image works, reproducibly
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (torch.full((1, 1, 8, 8), float("nan")), "8-bit data scaled"),
+        (torch.zeros(0, 1, 8, 8, dtype=torch.uint8), "images is empty"),
+        (
+            torch.zeros(2, 8, 8, dtype=torch.uint8),
+            "\\(B, 1, 8, 8\\) tensor for this UNet, got torch.uint8 \\(2, 8, 8\\)",
+        ),
+        (torch.zeros(2, 1, 16, 16, dtype=torch.uint8), "\\(B, 1, 8, 8\\) tensor for this UNet"),
+        (torch.zeros(2, 3, 8, 8), "\\(B, 1, 8, 8\\) tensor for this UNet"),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.int64), "uint8 or float"),
+        (np.zeros((2, 1, 8, 8), dtype=np.uint8), "got ndarray"),
+    ],
+)
+def test_elbo_refuses_images_it_cannot_score(images, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_ddpm().elbo(images)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_elbo_refuses_a_bad_batch_size(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        tiny_ddpm().elbo(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), batch_size=batch_size)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, match",
+    [
+        (tiny_ncsn, {"num_inference_steps": 5}, "cannot exceed the 4 trained noise levels"),
+        (tiny_ncsn, {"num_langevin_steps": 0}, "num_langevin_steps"),
+        (tiny_ncsn, {"step_size": float("inf")}, "step_size"),
+        (tiny_ddpm, {"num_inference_steps": 21}, "cannot exceed num_train_timesteps=20"),
+        (tiny_ddpm, {"generator": "seed"}, "generator must be"),
+    ],
+)
+def test_check_inputs_refuses_what_the_call_would_without_sampling(make, kwargs, match):
+    pipe = make()
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=match):
+        pipe.check_inputs(batch_size=2, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        pipe(batch_size=2, **kwargs)
+    assert not calls

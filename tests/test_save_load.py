@@ -2,6 +2,7 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -210,3 +211,100 @@ def test_pickle_only_weights_need_an_explicit_opt_in(tmp_path):
     pipe.save_pretrained(tmp_path / "converted")
     assert (tmp_path / "converted" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert isinstance(DDPMPosteriorPipeline.from_pretrained(tmp_path / "converted").unet, UNet2DModel)
+
+
+# --- unsafe folders through every route that can return our classes --------------------------------------------
+
+
+def _pickle_only(folder, class_name) -> None:
+    """A saved NCSN folder whose UNet weights are a pickle file, with `class_name` as model_index's _class_name."""
+    pipe = tiny_ncsn()
+    pipe.save_pretrained(folder)
+    torch.save(pipe.unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+
+
+def test_diffusion_pipeline_refuses_pickle_weights_whatever_the_form_of_class_name(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    plain = tmp_path / "plain"
+    _pickle_only(plain, "NCSNPipeline")  # no shim in the name: diffusers finds diffusers.NCSNPipeline
+    with pytest.raises(PipelineFolderError, match="diffusion_pytorch_model.bin is a pickle file"):
+        DiffusionPipeline.from_pretrained(plain)
+    # the shim path points into a decoy sub-folder holding a clean pipeline: the folder loaded is still checked
+    decoy = tmp_path / "decoy"
+    _pickle_only(decoy, ["clean/hf_ddpm_ncsn_pipeline", "NCSNPipeline"])
+    tiny_ncsn().save_pretrained(decoy / "clean")
+    with pytest.raises(PipelineFolderError, match=f"{decoy / 'unet'}.*pickle file"):
+        DiffusionPipeline.from_pretrained(decoy)
+    # the opt-in of our own class still works, and is the only way in
+    assert isinstance(NCSNPipeline.from_pretrained(plain, allow_pickle=True), NCSNPipeline)
+
+
+def test_a_hub_repo_with_pickle_weights_and_a_plain_class_name_is_refused(tmp_path, hub_server, hub_cache):
+    import uuid
+
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import HfApi
+
+    _pickle_only(tmp_path / "repo", "NCSNPipeline")
+    repo_id = f"test-user/pickled-{uuid.uuid4().hex[:8]}"
+    api = HfApi()
+    api.create_repo(repo_id)
+    api.upload_folder(folder_path=str(tmp_path / "repo"), repo_id=repo_id)
+    with pytest.raises(PipelineFolderError, match="pickle file"):
+        DiffusionPipeline.from_pretrained(repo_id)
+
+
+def test_a_variant_safetensors_file_does_not_make_pickle_weights_safe(tmp_path):
+    _pickle_only(tmp_path, ["hf_ddpm_ncsn_pipeline", "NCSNPipeline"])
+    # diffusers loads the .bin when the plain safetensors file is missing, whatever variants exist
+    (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(_safetensors_bytes())
+    with pytest.raises(PipelineFolderError, match="pickle file"):
+        NCSNPipeline.from_pretrained(tmp_path)
+
+
+def _safetensors_bytes() -> bytes:
+    from safetensors.torch import save
+
+    return save({"x": torch.zeros(2)})
+
+
+def _write_header(path, header) -> None:
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(8))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [1, 2, 3],  # a JSON list
+        {"w": 5},  # an int where a tensor entry should be
+        {"w": {"dtype": "F32", "shape": [2]}},  # no data_offsets
+        {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},  # offsets that do not cover the data
+        {"__metadata__": {"x": 1}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+    ],
+)
+@pytest.mark.parametrize("route", ["own class", "DiffusionPipeline"])
+def test_malformed_safetensors_headers_are_a_folder_error(tmp_path, header, route):
+    from diffusers import DiffusionPipeline
+
+    tiny_ncsn().save_pretrained(tmp_path)
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    _write_header(weights, header)
+    loader = NCSNPipeline if route == "own class" else DiffusionPipeline
+    with pytest.raises(PipelineFolderError, match="diffusion_pytorch_model.safetensors is truncated or not a valid"):
+        loader.from_pretrained(tmp_path)
+
+
+def test_a_config_asking_for_an_unbounded_allocation_fails_fast_naming_the_key(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path)
+    config = tmp_path / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_langevin_steps": 50_000_000}))
+    with pytest.raises(ValueError, match="num_langevin_steps must be an integer <= 100000"):
+        NCSNPipeline.from_pretrained(tmp_path)
+    config.write_text(" " * (17 * 2**20) + "{}")  # 17 MB of padding: refused before it is parsed
+    with pytest.raises(PipelineFolderError, match="a config file may hold at most 16777216 bytes"):
+        NCSNPipeline.from_pretrained(tmp_path)

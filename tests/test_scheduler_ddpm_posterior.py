@@ -1,7 +1,12 @@
+import math
+import re
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from diffusers.schedulers import scheduling_ddpm
 from gaussian_mixture import GaussianMixture
 from test_scheduler_ncsn import assert_matches_mixture, public_config
 
@@ -124,30 +129,120 @@ def _diffusers_in_float64(scheduler: DDPMScheduler) -> DDPMScheduler:
     return scheduler
 
 
+def _exact_step(kwargs: dict, t: int, out: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor):
+    """diffusers' step formulas on the float64 schedule, fed the given noise: the exact step to float64 precision."""
+    exact = _diffusers_in_float64(DDPMScheduler(**kwargs))
+    with mock.patch.object(scheduling_ddpm, "randn_tensor", lambda shape, **_: noise.double()):
+        return exact.step(out.double(), t, sample.double())
+
+
+def _rounding_bounds(dtype, t: int, prediction_type: str, out: torch.Tensor, sample: torch.Tensor, noise):
+    """Elementwise bounds on |step - exact step| for prev_sample and the predicted x_0, from the arithmetic.
+
+    Each output is a sum of terms c1 x0, c2 x_t, sigma z, and x0 a sum of terms like x_t / sqrt(abar); each term
+    is formed with a handful of roundings of unit u, so 16 u times the sum of the term magnitudes bounds the error.
+    The float64 reference itself computes beta_t = 1 - abar_t / abar_{t-1} and loses u64 / beta_t of it by
+    cancellation, which multiplies the beta-dependent terms; the noise scale's log-variance (up to |log beta~_1|,
+    about 9) is rounded too.
+    """
+    u, u64 = torch.finfo(dtype).eps / 2, torch.finfo(torch.float64).eps / 2
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    a, a_prev = float(abar[t]), float(abar[t - 1])
+    beta = 1 - a / a_prev
+    c1, c2 = math.sqrt(a_prev) * beta / (1 - a), math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)
+    x, e = sample.double().abs(), out[:, : sample.shape[1]].double().abs()
+    x0_terms = {
+        "epsilon": x / math.sqrt(a) + math.sqrt((1 - a) / a) * e,
+        "sample": e,
+        "v_prediction": math.sqrt(a) * x + math.sqrt(1 - a) * e,
+    }[prediction_type]
+    noise_term = math.sqrt(beta) * noise.double().abs() * (1 + abs(math.log(beta * (1 - a_prev) / (1 - a))))
+    prev = 16 * (u + u64 / beta) * (c1 * x0_terms + noise_term) + 16 * u * c2 * x
+    return prev, 16 * u * x0_terms
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
 @pytest.mark.parametrize("clip_sample", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_step_matches_diffusers_for_t_above_zero(prediction_type, variance_type, clip_sample, dtype):
+def test_step_matches_diffusers_math_to_rounding_for_t_above_zero(prediction_type, variance_type, clip_sample, dtype):
+    # the reference is diffusers' own step, in float64: in float32 diffusers' beta_t = 1 - abar_t / abar_{t-1}
+    # cancels for small t (see the test below), ours does not, so ours is compared with the exact step
     kwargs = dict(prediction_type=prediction_type, variance_type=variance_type, clip_sample=clip_sample)
-    theirs, ours = DDPMScheduler(**kwargs), DDPMPosteriorScheduler(**kwargs)
-    if dtype == torch.float64:
-        theirs, timesteps = _diffusers_in_float64(theirs), [1, 2, 50, 500, 999]
-    else:
-        # diffusers computes beta_t = 1 - abar_t / abar_{t-1} in float32, which cancels catastrophically for the
-        # first few t (relative error ~5e-4 at t = 1, see the test below); from t = 20 on it agrees to 1e-5
-        timesteps = [20, 50, 500, 999]
+    ours = DDPMPosteriorScheduler(**kwargs)
     channels = 6 if variance_type == "learned_range" else 3
-    for t in timesteps:
-        sample = torch.randn(2, 3, 4, 4, dtype=dtype)
-        out = torch.randn(2, channels, 4, 4, dtype=dtype)
+    g = torch.Generator().manual_seed(0)
+    for t in [1, 2, 20, 50, 500, 999]:
+        sample = torch.randn(2, 3, 4, 4, generator=g, dtype=dtype)
+        out = torch.randn(2, channels, 4, 4, generator=g, dtype=dtype)
         if variance_type == "learned_range":
             out[:, 3:] = out[:, 3:].tanh()
-        a = ours.step(out, t, sample, generator=torch.Generator().manual_seed(t))
-        b = theirs.step(out, t, sample, generator=torch.Generator().manual_seed(t))
-        tol = 1e-10 if dtype == torch.float64 else 1e-5
-        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=tol, atol=tol)
-        torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=tol, atol=tol)
+        noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(t), dtype=dtype)
+        got = ours.step(out, t, sample, generator=torch.Generator().manual_seed(t))  # draws this same noise
+        exact = _exact_step(kwargs, t, out, sample, noise)
+        prev_bound, x0_bound = _rounding_bounds(dtype, t, prediction_type, out, sample, noise)
+        assert ((got.prev_sample.double() - exact.prev_sample).abs() <= prev_bound).all(), t
+        assert ((got.pred_original_sample.double() - exact.pred_original_sample).abs() <= x0_bound).all(), t
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
+@pytest.mark.parametrize("spacing, offset", [("trailing", 0), ("leading", 1)])
+def test_a_chain_ending_above_zero_matches_diffusers_until_its_last_step_which_returns_x0(
+    variance_type, spacing, offset
+):
+    kwargs = dict(variance_type=variance_type, timestep_spacing=spacing, steps_offset=offset)
+    ours, theirs = DDPMPosteriorScheduler(**kwargs), _diffusers_in_float64(DDPMScheduler(**kwargs))
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(20)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist() and int(ours.timesteps[-1]) > 0
+    channels = 6 if variance_type == "learned_range" else 3
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    last = len(ours.timesteps) - 1
+    for i, t in enumerate(ours.timesteps):
+        out = torch.randn(2, channels, 4, 4, generator=g, dtype=torch.float64)
+        if variance_type == "learned_range":
+            out[:, 3:] = out[:, 3:].tanh()
+        a = ours.step(out, t, x, generator=torch.Generator().manual_seed(i))
+        b = theirs.step(out, t, x, generator=torch.Generator().manual_seed(i))
+        if i < last:  # float64 with beta's cancellation of at most u64 / beta >= 1e-12 relative: 1e-10 holds
+            torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-10, atol=1e-10)
+        else:  # the last step: ours ends at x_0 = mu(x_1), the predicted x_0; diffusers adds noise to it
+            torch.testing.assert_close(a.prev_sample, b.pred_original_sample, rtol=1e-12, atol=1e-12)
+            noise_added = (b.prev_sample - b.pred_original_sample).abs().max()
+            assert noise_added < 1e-9 if variance_type == "fixed_small" else noise_added > 1e-4  # std >= 0.014
+        x = a.prev_sample
+
+
+def test_previous_timestep_is_what_diffusers_returns():
+    # diffusers' own test_custom_timesteps calls .item() on it
+    s = DDPMPosteriorScheduler()
+    timesteps = [100, 87, 50, 1, 0]
+    s.set_timesteps(timesteps=timesteps)
+    got = [s.previous_timestep(t) for t in s.timesteps]
+    assert all(isinstance(p, torch.Tensor) and p.ndim == 0 for p in got)
+    assert [p.item() for p in got] == [87, 50, 1, 0, -1]
+    theirs = DDPMScheduler()
+    theirs.set_timesteps(timesteps=timesteps)
+    assert [p.item() for p in got] == [theirs.previous_timestep(t).item() for t in theirs.timesteps]
+    fresh = DDPMPosteriorScheduler()  # the training chain, before set_timesteps: timestep - 1, as in diffusers
+    assert fresh.previous_timestep(5) == 4 and fresh.previous_timestep(torch.tensor(5)).item() == 4
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_every_step_count_works_and_matches_diffusers_where_diffusers_is_valid(spacing):
+    ours, theirs = DDPMPosteriorScheduler(timestep_spacing=spacing), DDPMScheduler(timestep_spacing=spacing)
+    for n in range(1, 1001):
+        ours.set_timesteps(n)
+        steps = ours.timesteps.tolist()
+        assert len(steps) == n and steps == sorted(set(steps), reverse=True) and 0 <= steps[-1] <= steps[0] < 1000
+        theirs.set_timesteps(n)
+        if len(theirs.timesteps) == n and int(theirs.timesteps.min()) >= 0:
+            assert steps == theirs.timesteps.tolist(), n
+    if spacing == "trailing":  # diffusers' float arange gives n + 1 timesteps for these, the last one -1
+        for n in (61, 103, 121):
+            theirs.set_timesteps(n)
+            assert len(theirs.timesteps) == n + 1 and int(theirs.timesteps[-1]) == -1
 
 
 def test_float32_step_at_small_t_is_closer_to_the_exact_math_than_diffusers():
@@ -256,3 +351,40 @@ def test_bad_sampling_arguments_are_named():
         s.step(torch.zeros(1, 1), 3, torch.zeros(1, 1))
     with pytest.raises(ValueError, match="2 \\* 1 channels"):
         DDPMPosteriorScheduler(variance_type="learned").p_mean_variance(torch.zeros(1, 1), torch.zeros(1, 1), 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio must be a finite number in (0.0, 1.0]"),
+        ({"dynamic_thresholding_ratio": 0.0}, "dynamic_thresholding_ratio must be a finite number in (0.0, 1.0]"),
+        ({"sample_max_value": -1.0}, "sample_max_value must be a finite number"),
+        ({"sample_max_value": math.inf}, "sample_max_value must be a finite number"),
+        ({"clip_sample": "yes"}, "clip_sample must be True or False"),
+        ({"thresholding": 1}, "thresholding must be True or False"),
+        ({"beta_end": math.nan}, "beta_end must be a finite number"),
+        ({"steps_offset": 1000}, "steps_offset must be an integer <= 999"),
+        # a config may not ask for more than the documented bound (1e9 would allocate 7.5 GiB per table)
+        ({"num_train_timesteps": 10**9}, "num_train_timesteps must be an integer <= 100000"),
+    ],
+)
+def test_bad_values_are_refused_at_construction_not_at_step(kwargs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        DDPMPosteriorScheduler(**kwargs)
+
+
+def test_numpy_scalars_are_accepted_and_saved_as_python_numbers(tmp_path):
+    s = DDPMPosteriorScheduler(num_train_timesteps=np.int64(50), beta_end=np.float32(0.02), clip_sample=np.bool_(True))
+    s.set_timesteps(np.int64(10))
+    assert len(s.timesteps) == 10 and type(s.config.num_train_timesteps) is int
+    s.save_pretrained(tmp_path)
+    assert DDPMPosteriorScheduler.from_pretrained(tmp_path).config.num_train_timesteps == 50
+
+
+def test_learned_variance_is_the_model_log_variance():
+    s = DDPMPosteriorScheduler(num_train_timesteps=20, variance_type="learned")
+    g = torch.Generator().manual_seed(0)
+    x_t, out = torch.randn(3, 1, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
+    p = s.p_mean_variance(out, x_t, torch.tensor([0, 7, 19]))
+    assert torch.equal(p.log_variance, out[:, 1:])
+    torch.testing.assert_close(p.variance, out[:, 1:].exp(), rtol=0, atol=0)

@@ -1,4 +1,6 @@
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -220,3 +222,72 @@ def test_the_same_check_fails_when_the_langevin_noise_is_dropped(monkeypatch):
     monkeypatch.setattr(scheduling_ncsn, "randn_tensor", lambda shape, **kwargs: torch.zeros(shape))
     with pytest.raises(AssertionError):
         assert_matches_mixture(_annealed_samples("score"), MIXTURE)
+
+
+# --- input checks ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sigma_max": math.inf}, "sigma_max must be a finite number"),
+        ({"sigma_min": math.nan}, "sigma_min must be a finite number"),
+        ({"step_size": math.inf}, "step_size must be a finite number"),
+        ({"denoise_final": "no"}, "denoise_final must be True or False, got 'no'"),
+        ({"num_langevin_steps": 2.5}, "num_langevin_steps must be an integer"),
+        ({"num_langevin_steps": True}, "num_langevin_steps must be an integer"),
+        # a config may not ask for more than the documented bounds (a 232-byte file once took 3.5 GB to load)
+        ({"num_langevin_steps": 50_000_000}, "num_langevin_steps must be an integer <= 100000"),
+        ({"num_train_timesteps": 10**9}, "num_train_timesteps must be an integer <= 100000"),
+        ({"num_train_timesteps": 1000, "num_langevin_steps": 2000}, "at most 1000000 are accepted"),
+    ],
+)
+def test_bad_values_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        NCSNScheduler(**kwargs)
+
+
+def test_numpy_scalars_are_accepted_and_saved_as_python_numbers(tmp_path):
+    s = NCSNScheduler(
+        num_train_timesteps=np.int64(5),
+        sigma_min=np.float32(0.01),
+        sigma_max=np.float64(2.0),
+        num_langevin_steps=np.int32(3),
+        step_size=np.float32(1e-5),
+        denoise_final=np.bool_(False),
+    )
+    assert type(s.config.num_train_timesteps) is int and type(s.config.sigma_min) is float
+    s.set_timesteps(num_inference_steps=np.int64(2), num_langevin_steps=np.int64(1), step_size=np.float32(2e-5))
+    assert s.timesteps.tolist() == [4, 0]
+    s.save_pretrained(tmp_path)  # JSON has no numpy scalars
+    assert NCSNScheduler.from_pretrained(tmp_path).config.sigma_max == 2.0
+
+
+def test_a_config_file_asking_for_a_huge_chain_is_refused_before_allocating(tmp_path):
+    (tmp_path / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "NCSNScheduler", "num_train_timesteps": 10, "num_langevin_steps": 50_000_000})
+    )
+    with pytest.raises(ValueError, match="num_langevin_steps must be an integer <= 100000"):
+        NCSNScheduler.from_pretrained(tmp_path)
+
+
+def test_one_inference_level_is_the_noisiest_and_the_denoise_uses_it():
+    s = NCSNScheduler(
+        num_train_timesteps=6, num_langevin_steps=2, sigma_min=0.1, sigma_max=2.0, prediction_type="score"
+    )
+    s.set_timesteps(num_inference_steps=1)
+    assert s.timesteps.tolist() == [5, 5, 5]  # sigma_max: the chain starts at init_noise_sigma, not at sigma_min
+    x, score = torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), torch.ones(3, 2)
+    for t in s.timesteps[:-1]:
+        s.step(torch.zeros_like(x), t, x)
+    torch.testing.assert_close(s.step(score, s.timesteps[-1], x).prev_sample, x + 2.0**2 * score)
+
+
+def test_the_final_denoise_of_an_epsilon_model_is_x_minus_sigma_min_eps():
+    # Tweedie x + sigma^2 s with s = -eps / sigma: exactly x - sigma_min * eps (a sign or a power of sigma wrong fails)
+    s = NCSNScheduler(num_train_timesteps=3, num_langevin_steps=1, sigma_min=0.1, sigma_max=1.0)
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    for t in s.timesteps[:-1]:
+        s.step(torch.zeros_like(x), t, x)
+    torch.testing.assert_close(s.step(eps, s.timesteps[-1], x).prev_sample, x - 0.1 * eps, rtol=1e-15, atol=1e-15)

@@ -1,12 +1,13 @@
 """The accelerate training scripts: distributed for real, resume after SIGKILL, push, early and clear errors."""
 
 import json
+import logging
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_ddpm_ncsn.checkpoints import ABANDONED_DIR, read_state
 from hf_ddpm_ncsn.training import list_checkpoints, main
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
+TESTS = ROOT / "tests"
 # a tiny, fast configuration: 8x8 digits, a 2-level UNet, few diffusion steps
 TINY = [
     "--resolution", "8", "--block_out_channels", "8", "16", "--train_batch_size", "16", "--logger", "none",
@@ -57,6 +60,13 @@ def test_two_gloo_processes_share_weights_and_split_the_data(tmp_path):
     assert (out / "model_index.json").is_file() and (out / "samples.png").is_file()
 
 
+def run_with_a_crash(when: str, step: int, script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run a training script that SIGKILLs itself just before/after publishing the checkpoint of `step`."""
+    return run_script(
+        [sys.executable, str(TESTS / "train_with_faults.py"), when, str(step), str(SCRIPTS / script), *args]
+    )
+
+
 @pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     args = ["--max_train_steps", "60", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2", *TINY_DDPM]
@@ -67,17 +77,14 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     )
 
     killed = tmp_path / "killed"
-    command = [sys.executable, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(killed), *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.monotonic() + 240
-    while not list_checkpoints(killed) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert list_checkpoints(killed) and not (killed / "model_index.json").exists()
+    crashed = run_with_a_crash("after", 30, "train_ddpm.py", ["--output_dir", str(killed), *args])
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    # killed between the rename of checkpoint-30 and the limit's clean-up: the next checkpoint applies the limit
+    assert [p.name for p in list_checkpoints(killed)] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert not (killed / "model_index.json").exists()
     (killed / ".checkpoint-99.partial").mkdir()  # what a crash during a checkpoint write leaves behind
 
+    command = [sys.executable, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(killed), *args]
     resumed = run_script(command + ["--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
@@ -89,6 +96,35 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     ranks = [json.loads((d / "logs" / "process-0.json").read_text()) for d in (reference, killed)]
     assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]
+
+
+@pytest.mark.slow
+def test_resuming_an_older_checkpoint_abandons_the_later_ones_and_latest_stays_in_the_new_lineage(tmp_path):
+    out = tmp_path / "run"
+    base = ["--output_dir", str(out), "--checkpointing_steps", "10", "--checkpoints_total_limit", "2", *TINY_DDPM]
+    first = run_script([sys.executable, str(SCRIPTS / "train_ddpm.py"), *base, "--max_train_steps", "30"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    first_run = read_state(out / "checkpoint-30")["run_id"]
+
+    # a second run resumes from checkpoint-20 and dies with its first checkpoint staged (complete) but unpublished
+    second = [*base, "--max_train_steps", "40", "--resume_from_checkpoint", str(out / "checkpoint-20")]
+    crashed = run_with_a_crash("before", 30, "train_ddpm.py", second)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    # the first run's checkpoint-30 was moved aside before anything new was written: it is not this lineage's
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-20"]
+    (abandoned,) = (out / ABANDONED_DIR).rglob("checkpoint-30")
+    assert read_state(abandoned)["run_id"] == first_run
+
+    # `latest` publishes the staged checkpoint and continues the second run's lineage, never the abandoned future
+    third = [*base, "--max_train_steps", "40", "--resume_from_checkpoint", "latest"]
+    resumed = run_script([sys.executable, str(SCRIPTS / "train_ddpm.py"), *third])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Recovered checkpoint-30" in resumed.stderr and "Resumed from" in resumed.stderr
+    states = [read_state(p) for p in list_checkpoints(out)]
+    assert [s["global_step"] for s in states] == [30, 40]  # the limit kept the newest two of this lineage
+    lineage = states[-1]["lineage"]
+    assert [run for run, _ in lineage][0] == first_run and [start for _, start in lineage] == [0, 20, 30]
+    assert states[0]["run_id"] == lineage[1][0] and states[1]["run_id"] == lineage[2][0]
 
 
 @pytest.mark.slow
@@ -175,21 +211,62 @@ def test_a_corrupt_image_is_reported_not_skipped(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, match",
+    "family, argv, match",
     [
-        (["--sigma_max", "-1"], "sigma_max"),
-        (["--sigma_max", "0.001"], "sigma_max"),
-        (["--num_noise_levels", "1"], "num_noise_levels"),
-        (["--step_size", "big"], "step_size"),
-        (["--resolution", "0"], "resolution"),
-        (["--num_preview_images", "0"], "num_preview_images"),
-        (["--resume_from_checkpoint", "/nonexistent"], "resume_from_checkpoint"),
-        (["--dataset_name", "x", "--train_data_dir", "y"], "not both"),
+        ("ncsn", ["--sigma_max", "-1"], "sigma_max"),
+        ("ncsn", ["--sigma_max", "0.001"], "sigma_max"),
+        ("ncsn", ["--sigma_min", "inf"], "--sigma_min must be a finite number"),
+        ("ncsn", ["--num_noise_levels", "1"], "num_noise_levels"),
+        ("ncsn", ["--num_langevin_steps", "200000"], "--num_langevin_steps must lie in"),
+        ("ncsn", ["--step_size", "big"], "step_size"),
+        ("ncsn", ["--resolution", "0"], "resolution"),
+        ("ncsn", ["--num_preview_images", "0"], "num_preview_images"),
+        ("ncsn", ["--resume_from_checkpoint", "/nonexistent"], "resume_from_checkpoint"),
+        ("ncsn", ["--dataset_name", "x", "--train_data_dir", "y"], "not both"),
+        ("ncsn", ["--ema_inv_gamma", "0"], "--ema_inv_gamma must be a finite number in (0, inf)"),
+        ("ncsn", ["--ema_power", "-1"], "--ema_power must be a finite number in (0, inf)"),
+        ("ncsn", ["--layers_per_block", "0"], "--layers_per_block must be positive"),
+        ("ncsn", ["--layers_per_block", "-1"], "--layers_per_block must be positive"),
+        ("ncsn", ["--adam_beta1", "2"], "--adam_beta1 must be a finite number in [0, 1)"),
+        ("ncsn", ["--adam_epsilon", "-1"], "--adam_epsilon must be a finite number in (0, inf)"),
+        ("ncsn", ["--seed", "-1"], "--seed must lie in [0, 2**32 - 1]"),
+        ("ncsn", ["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number in [0, inf)"),
+        ("ncsn", ["--max_grad_norm", "-1"], "--max_grad_norm must be a finite number in [0, inf)"),
+        ("ncsn", ["--learning_rate", "inf"], "--learning_rate must be a finite number"),
+        ("ncsn", ["--block_out_channels", *["8"] * 6], "--resolution 16 must be divisible by 32"),
+        ("ddpm", ["--vlb_weight", "-1"], "--vlb_weight must be a finite number in [0, inf)"),
+        ("ddpm", ["--vlb_weight", "nan"], "--vlb_weight must be a finite number in [0, inf)"),
+        ("ddpm", ["--beta_end", "2"], "beta_end"),
+        ("ddpm", ["--ddpm_num_steps", "1000000000"], "--ddpm_num_steps must lie in [2, 100000]"),
+        ("ddpm", ["--output_dir", __file__], "--output_dir"),
+        ("ddpm", ["--model_config_name_or_path", "path/to/config.json"], "does not exist"),
+        ("ddpm", ["--model_config_name_or_path", "/nonexistent/unet"], "does not exist"),
+        ("ddpm", ["--model_config_name_or_path", "user/unet", "--block_out_channels", "8"], "cannot be combined"),
+        ("ddpm", ["--model_config_name_or_path", "user/unet", "--layers_per_block", "2"], "cannot be combined"),
     ],
 )
-def test_bad_arguments_are_named_at_parse_time(capsys, argv, match):
-    assert main("ncsn", argv) == 2
+def test_bad_arguments_are_named_at_parse_time(capsys, family, argv, match):
+    assert main(family, argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_misspelled_token_flag_is_named_without_its_value(capsys):
+    secrets = ["hf_supersecretvalue1234567", "hf_othersecretvalue7654321"]
+    assert main("ddpm", ["--hub_tokn", secrets[0], f"--hubtoken={secrets[1]}"]) == 2
+    err = capsys.readouterr().err
+    assert "--hub_tokn (did you mean --hub_token?)" in err and "--hubtoken" in err and "values are not shown" in err
+    assert not any(secret in err for secret in secrets)
+
+
+def test_any_positive_widths_build_a_working_default_unet():
+    from hf_ddpm_ncsn.families import build_unet, default_unet_config
+
+    for widths in ([12, 24], [4], [6, 12], [5, 10, 10]):  # GroupNorm groups and attention heads adapt
+        unet = build_unet(default_unet_config(widths, None), 8, 1, 1)
+        assert unet(torch.zeros(1, 1, 8, 8), 3).sample.shape == (1, 1, 8, 8), widths
+    # the widths that always worked keep exactly their UNet: 8 groups for multiples of 8, else the first width
+    assert default_unet_config([32, 64, 64], None)["norm_num_groups"] == 8
+    assert default_unet_config([4, 8], None)["norm_num_groups"] == 4
 
 
 def test_unknown_choices_list_the_accepted_values(capsys):
@@ -241,10 +318,187 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    # a fresh process: accelerate keeps its state (mixed precision included) per process
-    out = tmp_path / "bf16"
-    argv = ["--output_dir", str(out), "--max_train_steps", "2", "--mixed_precision", "bf16", *TINY_DDPM]
-    result = run_script([sys.executable, str(SCRIPTS / "train_ddpm.py"), *argv])
+    # fresh processes: accelerate keeps its state (mixed precision included) per process
+    losses = {}
+    for precision in ("bf16", "no"):
+        out = tmp_path / precision
+        argv = ["--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "1",
+                "--mixed_precision", precision, *TINY_DDPM]  # fmt: skip
+        result = run_script([sys.executable, str(SCRIPTS / "train_ddpm.py"), *argv])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((out / "training_args.json").read_text())["mixed_precision"] == precision
+        losses[precision] = [loss for _, loss in json.loads((out / "metrics.json").read_text())["loss_history"]]
+    # training happened: the step changed the weights, and the losses are finite
+    before, after = (load_file(tmp_path / "bf16" / f"checkpoint-{i}" / "model.safetensors") for i in (1, 2))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert len(losses["bf16"]) == 2 and all(math.isfinite(loss) for loss in losses["bf16"])
+    # in bf16: the same seed, data and first weights give another loss than in float32 (autocast was on)
+    assert losses["bf16"][0] != losses["no"][0]
+
+
+# --- resuming: the checkpoint records its run -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddpm_checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resumable") / "run"
+    argv = ["--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2", *TINY_DDPM]
+    assert main("ddpm", argv) == 0
+    return out / "checkpoint-2"
+
+
+def test_a_checkpoint_records_its_run(ddpm_checkpoint):
+    state = read_state(ddpm_checkpoint)
+    assert state["family"] == "ddpm" and state["global_step"] == 2 and state["num_processes"] == 1
+    assert state["unet_config"]["block_out_channels"] == [8, 16]
+    assert state["scheduler_config"]["num_train_timesteps"] == 20
+    assert state["arguments"]["train_batch_size"] == 16 and "hub_token" not in state["arguments"]
+    assert math.isfinite(state["last_loss"]) and state["lineage"] == [[state["run_id"], 0]]
+
+
+@pytest.mark.parametrize(
+    "family, extra, match",
+    [
+        ("ncsn", TINY_NCSN, "family: the checkpoint is a ddpm run, this is a ncsn run"),
+        (
+            "ddpm",
+            TINY_DDPM + ["--ddpm_num_steps", "30"],
+            "scheduler config num_train_timesteps: checkpoint 20, now 30",
+        ),
+        ("ddpm", TINY_DDPM + ["--train_batch_size", "8"], "--train_batch_size: checkpoint 16, now 8"),
+        ("ddpm", TINY_DDPM + ["--block_out_channels", "16", "32"], "UNet config block_out_channels"),
+        ("ddpm", TINY_DDPM + ["--use_ema", "false"], "--use_ema: checkpoint True, now False"),
+        ("ddpm", TINY_DDPM + ["--loss_type", "vlb"], "--loss_type: checkpoint 'simple', now 'vlb'"),
+    ],
+)
+def test_resuming_another_run_stops_before_training_and_names_the_mismatch(
+    ddpm_checkpoint, tmp_path, capsys, family, extra, match
+):
+    out = tmp_path / "out"
+    argv = [
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "4",
+        *extra,
+        "--resume_from_checkpoint",
+        str(ddpm_checkpoint),
+    ]
+    assert main(family, argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume {ddpm_checkpoint}" in err and match in err
+    assert not list_checkpoints(out) and not (out / "model_index.json").exists()
+
+
+def test_a_checkpoint_without_a_run_record_is_refused(ddpm_checkpoint, tmp_path, capsys):
+    legacy = tmp_path / "checkpoint-2"
+    shutil.copytree(ddpm_checkpoint, legacy)
+    (legacy / "training_state.json").write_text('{"global_step": 2}')  # what earlier versions wrote
+    argv = ["--output_dir", str(tmp_path / "out"), "--max_train_steps", "4", *TINY_DDPM]
+    assert main("ddpm", [*argv, "--resume_from_checkpoint", str(legacy)]) == 1
+    assert "records no run" in capsys.readouterr().err
+
+
+def test_resuming_with_a_new_learning_rate_and_more_steps_is_allowed_and_logged(ddpm_checkpoint, tmp_path, caplog):
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), "--max_train_steps", "3", "--learning_rate", "5e-4", *TINY_DDPM,
+            "--num_preview_images", "2", "--resume_from_checkpoint", str(ddpm_checkpoint)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert main("ddpm", argv) == 0
+    assert "--learning_rate: checkpoint 0.001, now 0.0005" in caplog.text
+    assert "--max_train_steps: checkpoint 2, now 3" in caplog.text and "--num_preview_images" in caplog.text
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
+
+
+def test_a_new_learning_rate_replaces_the_one_that_load_state_restores():
+    from diffusers.optimization import get_scheduler
+
+    from hf_ddpm_ncsn.training import _apply_learning_rate
+
+    def build(lr):
+        optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=lr)
+        return optimizer, get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=10)
+
+    optimizer, schedule = build(1e-3)
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+    resumed_optimizer, resumed_schedule = build(5e-4)
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    resumed_schedule.load_state_dict(schedule.state_dict())
+    assert resumed_schedule.base_lrs == [1e-3]  # what a resumed run would silently keep
+    _apply_learning_rate(resumed_optimizer, resumed_schedule, 5e-4)
+
+    def cosine(step):  # diffusers' cosine schedule after 2 warm-up steps of 10
+        return 0.5 * (1 + math.cos(math.pi * (step - 2) / 8))
+
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * cosine(4), rel=1e-12)
+    resumed_optimizer.step()
+    resumed_schedule.step()
+    assert resumed_schedule.get_last_lr()[0] == pytest.approx(5e-4 * cosine(5), rel=1e-12)
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"invalid JSON literal {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_resuming_past_max_train_steps_is_an_error_and_at_it_the_run_finishes(ddpm_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), *TINY_DDPM, "--resume_from_checkpoint", str(ddpm_checkpoint)]
+    assert main("ddpm", [*argv, "--max_train_steps", "1"]) == 1
+    assert "is at step 2, past the 1 steps of this run" in capsys.readouterr().err
+    assert not (out / "model_index.json").exists()
+    # at the checkpoint's step there is nothing left to train: the pipeline is saved, the metrics are valid JSON
+    assert main("ddpm", [*argv, "--max_train_steps", "2"]) == 0
+    printed = _strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = _strict_json((out / "metrics.json").read_text())
+    assert printed == {"global_step": 2, "final_loss": read_state(ddpm_checkpoint)["last_loss"]}
+    assert metrics["global_step"] == 2 and metrics["final_loss"] == printed["final_loss"]
+    assert metrics["images_per_second"] is None and metrics["loss_history"] == []
+    assert (out / "model_index.json").is_file()
+
+
+# --- --model_config_name_or_path: a file, a folder, a Hub repo, under two gloo processes -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["file", "folder", "hub"])
+def test_a_unet_config_from_a_file_a_folder_or_a_hub_repo_trains_on_two_processes(tmp_path, form, request):
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    env = {}
+    if form == "file":  # not named config.json, in a folder without one
+        unet.save_config(tmp_path / "saved")
+        source = tmp_path / "my_unet.json"
+        (tmp_path / "saved" / "config.json").rename(source)
+    elif form == "folder":
+        unet.save_config(tmp_path / "saved")
+        source = tmp_path / "saved"
+    else:  # a pipeline repo: its config is unet/config.json
+        from tiny_models import tiny_ddpm
+
+        hub_env = request.getfixturevalue("hub_env")
+        source = f"test-user/unet-config-{uuid.uuid4().hex[:8]}"
+        pipe = tiny_ddpm()
+        pipe.unet = unet
+        pipe.push_to_hub(source, num_grid_images=0)
+        env = hub_env
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "1",
+               "--model_config_name_or_path", str(source), "--resolution", "8", "--train_batch_size", "16",
+               "--logger", "none", "--num_preview_images", "2", "--ddpm_num_steps", "20"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**ENV, **env})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "training_args.json").read_text())["mixed_precision"] == "bf16"
-    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert [json.loads((out / "logs" / f"process-{i}.json").read_text())["num_processes"] for i in range(2)] == [2, 2]
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["block_out_channels"] == [8, 16] and config["norm_num_groups"] == 4
+    assert config["sample_size"] == 8 and config["in_channels"] == 1  # the data decides these

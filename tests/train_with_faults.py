@@ -1,0 +1,31 @@
+"""Run a training script with a deterministic crash: SIGKILL just before or just after the checkpoint of a given
+step is published (renamed into place), whatever the machine's speed.
+
+    python tests/train_with_faults.py {before,after} STEP SCRIPT [ARGS...]
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+
+import hf_ddpm_ncsn.training as training
+
+when, step, script, *argv = sys.argv[1:]
+publish = training.publish_checkpoint
+
+
+def publish_with_a_crash(staging, output_dir, global_step):
+    if when == "before" and global_step == int(step):
+        os.kill(os.getpid(), signal.SIGKILL)  # the staged checkpoint is complete, its state file written
+    final = publish(staging, output_dir, global_step)
+    if when == "after" and global_step == int(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return final
+
+
+training.publish_checkpoint = publish_with_a_crash
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
