@@ -23,7 +23,6 @@ except ImportError:  # tests/ turned into a package
 torch.set_num_threads(1)
 
 
-
 @pytest.fixture(autouse=True)
 def seeded_global_generators() -> None:
     """Every test starts from the same global random state, whatever ran before it: an input drawn without an

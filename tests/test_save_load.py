@@ -308,3 +308,18 @@ def test_a_config_asking_for_an_unbounded_allocation_fails_fast_naming_the_key(t
     config.write_text(" " * (17 * 2**20) + "{}")  # 17 MB of padding: refused before it is parsed
     with pytest.raises(PipelineFolderError, match="a config file may hold at most 16777216 bytes"):
         NCSNPipeline.from_pretrained(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_remote_code_route_without_the_package_imported_refuses_pickle_weights_too(tmp_path):
+    _pickle_only(tmp_path / "saved", ["hf_ddpm_ncsn_pipeline", "NCSNPipeline"])
+    code = f"""
+    import sys
+    from diffusers import DiffusionPipeline
+    assert "hf_ddpm_ncsn" not in sys.modules
+    try:
+        DiffusionPipeline.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
+    except ValueError as err:
+        print(type(err).__name__, "pickle file" in str(err))
+    """
+    assert run_python(code, env={"HF_HOME": str(tmp_path / "hf_home")}).split() == ["PipelineFolderError", "True"]
