@@ -16,7 +16,9 @@ _register_with_diffusers(
         "NCSNScheduler": NCSNScheduler,
         "DDPMPosteriorScheduler": DDPMPosteriorScheduler,
     },
-    folder_check=lambda folder, pipeline_class: check_pipeline_folder(folder, pipeline_class.loadable_class_names),
+    folder_check=lambda folder, pipeline_class, variant: check_pipeline_folder(
+        folder, pipeline_class.loadable_class_names, variant=variant
+    ),
 )
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import stat
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +43,7 @@ _UNSUPPORTED = {
 
 
 def _load_exchange():
+    """The C library's atomic exchange of two paths (Linux renameat2, macOS renamex_np), or None."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:  # Windows: no process-wide C library handle
@@ -84,6 +86,8 @@ def publish(staging: str | os.PathLike, target: str | os.PathLike) -> Path | Non
     (which now carries `staging`'s name). Where the filesystem cannot exchange, the old folder is first renamed to
     `.<name>.<random>.old` and the new one renamed in: a crash between the two leaves no `target` for an instant,
     and `clean_stale` puts the old folder back at the next write.
+
+    Processes whose working directory lies inside `target` keep the old folder; see `atomic_directory`.
     """
     staging, target = Path(staging), Path(target)
     if not os.path.lexists(target):
@@ -112,21 +116,23 @@ def remove_tree(path: str | os.PathLike) -> None:
 
 
 def clean_stale(target: str | os.PathLike) -> None:
-    """Remove what an interrupted write of `target` left beside it; if only a backup of `target` survived (a crash
-    between the two renames of `publish`), put it back first."""
+    """Remove what an interrupted write of `target` left beside it. If only a backup of `target` survived (a crash
+    between the two renames of `publish`; an empty folder made since counts as none), put it back first."""
     target = Path(target)
     if not target.parent.is_dir():
         return
-    leftovers = {
-        suffix: sorted(target.parent.glob(f".{target.name}.*{suffix}")) for suffix in WORK_IN_PROGRESS_SUFFIXES
-    }
-    backups = leftovers[BACKUP_SUFFIX]
-    if backups and not os.path.lexists(target):
+    leftovers = [
+        p for p in target.parent.glob(f".{glob.escape(target.name)}.*") if p.name.endswith(WORK_IN_PROGRESS_SUFFIXES)
+    ]
+    backups = [p for p in leftovers if p.name.endswith(BACKUP_SUFFIX)]
+    if backups and (not os.path.lexists(target) or (target.is_dir() and not any(target.iterdir()))):
         newest = max(backups, key=lambda p: p.stat().st_mtime)
+        if target.is_dir():
+            target.rmdir()
         os.rename(newest, target)
         logger.warning("restored %s from %s, left there by an interrupted write", target, newest.name)
-        backups.remove(newest)
-    for path in [p for paths in leftovers.values() for p in paths if os.path.lexists(p)]:
+        leftovers.remove(newest)
+    for path in leftovers:
         _remove(path)
 
 
@@ -164,20 +170,40 @@ def _link_tree(source: Path, destination: Path) -> None:
             shutil.copy2(source, destination)
 
 
+def _leftover_of(name: str, entries: set[str]) -> bool:
+    """Whether `name` is a hidden leftover of an interrupted write of one of `entries` (e.g. `.unet.<random>.old`)."""
+    return is_work_in_progress(name) and any(name.startswith(f".{entry}.") for entry in entries)
+
+
+def _cwd_inside(folder: Path) -> Path | None:
+    """The working directory relative to `folder` when it lies inside it, else None."""
+    try:
+        return Path(os.getcwd()).relative_to(folder)
+    except (FileNotFoundError, ValueError):  # no working directory left, or one elsewhere
+        return None
+
+
 @contextmanager
-def atomic_directory(target: str | os.PathLike, keep: bool = True) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, keep: bool = True, drop: Iterable[str] = ()) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; when the block succeeds, publish it at `target` in one step.
 
     With `keep`, the entries of an existing `target` that the block did not write (a training folder's
-    checkpoints, logs, model card) are carried into the new version as hard links, so the switch replaces the
-    whole folder at once: a reader, or a crash at any instant, sees either the complete old folder or the complete
-    new one. Leftovers of an earlier interrupted write are removed first; if the block raises, the staging folder
-    is removed and `target` is untouched.
+    checkpoints, logs, model card, other writers' staging folders) are carried into the new version as hard
+    links, so the switch replaces the whole folder at once: a reader, or a crash at any instant, sees either the
+    complete old folder or the complete new one. Leftovers of an earlier interrupted write of `target` or of the
+    entries the block writes are removed; if the block raises, the staging folder is removed and `target` is
+    untouched.
+
+    The old folder is deleted after the switch. A process whose working directory lies inside it is moved to the
+    same place in the new folder when it is this one; another process (a shell, a notebook kernel) keeps the old,
+    deleted folder and has to `cd` again.
 
     Args:
         target (`str` or `os.PathLike`): the folder to write (symlinks are resolved: the folder they point to is
             replaced).
         keep (`bool`, defaults to `True`): carry over the entries of the old folder that the block did not write.
+        drop (`Iterable[str]`, defaults to `()`): entries of the old folder never carried over, even when the
+            block did not write them (what describes the version being replaced).
     """
     target = Path(os.path.realpath(target))
     if os.path.lexists(target) and not target.is_dir():
@@ -191,13 +217,17 @@ def atomic_directory(target: str | os.PathLike, keep: bool = True) -> Iterator[P
         os.chmod(staging, mode)
         yield staging
         if keep and target.is_dir():
+            written = {entry.name for entry in staging.iterdir()} | set(drop)
             for entry in target.iterdir():
-                if not os.path.lexists(staging / entry.name) and not is_work_in_progress(entry.name):
+                if entry.name not in written and not _leftover_of(entry.name, written):
                     _link_tree(entry, staging / entry.name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    cwd = _cwd_inside(target)
     old = publish(staging, target)
+    if cwd is not None:
+        os.chdir(target / cwd if (target / cwd).is_dir() else target)
     if old is not None:
         _remove(old)
 

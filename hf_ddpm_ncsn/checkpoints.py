@@ -5,7 +5,8 @@ A checkpoint is `<output_dir>/checkpoint-<step>/`: accelerate's saved state plus
 last. The state file records the step, the run (family, UNet and scheduler configs, arguments, world size), the
 lineage of runs it descends from, and the size of every other file in the checkpoint, so a damaged checkpoint is
 never taken for a complete one. Checkpoints are written into `.checkpoint-<step>.partial` and published with one
-rename (`atomic.publish`); the limit deletes by renaming aside first (`atomic.remove_tree`).
+rename; the limit deletes by renaming aside first (`atomic.remove_tree`). Nothing here deletes a complete
+checkpoint except the limit: whatever stands in the way is moved into `abandoned-checkpoints/`.
 
 Lineage. Every start of the training script is a run with a fresh id; its lineage is the lineage of the checkpoint
 it resumed from plus `[run_id, start_step]`. When a run starts, checkpoints of the output folder that are not its
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text, publish, remove_tree
+from .atomic import atomic_write_text, remove_tree
 from .json_utils import dumps, to_json_value
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ ABANDONED_DIR = "abandoned-checkpoints"
 FORMAT_VERSION = 1
 _MAX_STATE_BYTES = 16 * 2**20
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-_HIDDEN = re.compile(r"^\.checkpoint-(\d+)\.(?:.+\.)?(partial|old|deleting)$")
+_HIDDEN = re.compile(r"^\.checkpoint-(\d+)\.(?:.+\.)?(partial|deleting)$")
 
 # Arguments whose change makes a resumed run a different run: the data order (exact resume), the objective, and
 # the optimizer/EMA hyperparameters that load_state would silently restore from the checkpoint anyway.
@@ -70,6 +71,7 @@ _LOCATION_ARGUMENTS = ("output_dir", "resume_from_checkpoint", "cache_dir", "mod
 
 
 def checkpoint_step(path: Path) -> int | None:
+    """The step of a `checkpoint-<step>` path, or None for any other name."""
     match = _NAME.match(path.name)
     return int(match.group(1)) if match else None
 
@@ -121,15 +123,18 @@ def write_state(staging: str | os.PathLike, state: Mapping[str, Any]) -> None:
 
 
 def staging_path(output_dir: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint of `step` is written before it is published (the same name on every process)."""
     return Path(output_dir) / f".{CHECKPOINT_PREFIX}{step}.partial"
 
 
 def publish_checkpoint(staging: str | os.PathLike, output_dir: str | os.PathLike, step: int) -> Path:
-    """Move a complete staged checkpoint to `checkpoint-<step>` in one rename (an exchange if one exists)."""
+    """Rename a complete staged checkpoint to `checkpoint-<step>`. A folder already holding that name (a checkpoint
+    of another lineage) is first moved into `abandoned-checkpoints/`: nothing is deleted, and in between `latest`
+    resolves to the previous complete checkpoint."""
     final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    old = publish(staging, final)
-    if old is not None:
-        remove_tree(old)
+    if os.path.lexists(final):
+        _move_aside([final], Path(output_dir), "replaced")
+    os.rename(staging, final)
     return final
 
 
@@ -143,10 +148,9 @@ def prune(output_dir: str | os.PathLike, limit: int | None) -> None:
 
 
 def recover(output_dir: str | os.PathLike) -> None:
-    """Finish what a crash interrupted, before anything reads the checkpoints: a complete staged checkpoint is
-    published (or, if its name is taken, moved aside: never thrown away), incomplete staging folders, folders
-    being deleted and backups whose checkpoint is in place are removed, and a backup whose checkpoint is missing
-    is put back."""
+    """Finish what a crash interrupted, before anything reads the checkpoints: a complete staged checkpoint (the
+    crash came between its state file and its rename) is published, as the newest version of its step; incomplete
+    staging folders and folders being deleted are removed (they are hidden, so nothing took them for checkpoints)."""
     root = Path(output_dir)
     if not root.is_dir():
         return
@@ -155,15 +159,10 @@ def recover(output_dir: str | os.PathLike) -> None:
         if match is None:
             continue
         step, kind = int(match.group(1)), match.group(2)
-        final = root / f"{CHECKPOINT_PREFIX}{step}"
-        complete = kind != "deleting" and (state := read_state(path)) is not None and state["global_step"] == step
-        if complete and not os.path.lexists(final):
-            os.rename(path, final)
-            logger.warning("Recovered %s from %s, left complete by an interrupted run", final.name, path.name)
-        elif complete and kind == "partial":
-            destination = _abandoned_folder(root, "recovered") / path.name.lstrip(".")
-            os.rename(path, destination)
-            logger.warning("Moved the complete staged checkpoint %s to %s (its name is taken)", path, destination)
+        state = read_state(path) if kind == "partial" else None
+        if state is not None and state["global_step"] == step:
+            publish_checkpoint(path, root, step)
+            logger.warning("Recovered %s%d, left complete by an interrupted run", CHECKPOINT_PREFIX, step)
         else:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -192,27 +191,27 @@ def move_aside_other_lineages(output_dir: str | os.PathLike, lineage: list[list[
     if not root.is_dir():
         return []
     strays = [p for p in root.iterdir() if checkpoint_step(p) is not None and not in_lineage(read_state(p), lineage)]
-    if not strays:
-        return []
-    folder = _abandoned_folder(root, lineage[-1][0][:8])
-    moved = []
-    for path in sorted(strays, key=checkpoint_step):
-        os.rename(path, folder / path.name)
-        moved.append(folder / path.name)
-    logger.warning(
-        "Moved %d checkpoint(s) of another run (%s) to %s: they are not ancestors of this run, so `latest` and "
-        "--checkpoints_total_limit must not see them. Delete the folder when you no longer need them.",
-        len(moved),
-        ", ".join(p.name for p in moved),
-        folder,
-    )
+    moved = _move_aside(sorted(strays, key=checkpoint_step), root, lineage[-1][0][:8])
+    if moved:
+        logger.warning(
+            "Moved %d checkpoint(s) of another run (%s) to %s: they are not ancestors of this run, so `latest` and "
+            "--checkpoints_total_limit must not see them. Delete the folder when you no longer need them.",
+            len(moved),
+            ", ".join(p.name for p in moved),
+            moved[0].parent,
+        )
     return moved
 
 
-def _abandoned_folder(root: Path, tag: str) -> Path:
+def _move_aside(paths: list[Path], root: Path, tag: str) -> list[Path]:
+    """Rename each of `paths` (one atomic rename each) into `<root>/abandoned-checkpoints/<UTC time>-<tag>/`."""
+    if not paths:
+        return []
     folder = root / ABANDONED_DIR / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{tag}"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    for path in paths:
+        os.rename(path, folder / path.name)
+    return [folder / path.name for path in paths]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -232,7 +231,8 @@ def resume_problems(
     Returns:
         `tuple`: (mismatches that forbid resuming, legitimate changes to log), each a list of readable lines.
     """
-    if saved.get("format") != FORMAT_VERSION or "family" not in saved:
+    recorded = ("family", "num_processes", "arguments", "unet_config", "scheduler_config")
+    if saved.get("format") != FORMAT_VERSION or not all(key in saved for key in recorded):
         return ["the checkpoint records no run (it was written by an older hf_ddpm_ncsn), so it cannot be checked"], []
     saved, current = to_json_value(dict(saved)), to_json_value(dict(current))
     if saved["family"] != current["family"]:

@@ -70,8 +70,8 @@ def register(classes: dict[str, type], folder_check: Callable[[str, type], None]
 
     Args:
         classes (`dict[str, type]`): public pipeline and scheduler classes by name.
-        folder_check (`Callable`): called as `folder_check(folder, pipeline_class)` before a component of one of
-            our pipelines is loaded through `DiffusionPipeline.from_pretrained`, so that route refuses pickle-only
+        folder_check (`Callable`): called as `folder_check(folder, pipeline_class, variant)` before a component of
+            one of our pipelines is loaded through `DiffusionPipeline.from_pretrained`, so that route refuses pickle
             or truncated weights as our own `from_pretrained` does.
     """
     import diffusers
@@ -114,16 +114,17 @@ def _answer_our_shim(original: Callable, bound: inspect.BoundArguments):
 
 
 def _check_before_loading(original: Callable, bound: inspect.BoundArguments, folder_check: Callable):
-    """`load_sub_model`: check the folder a component of one of our pipelines is about to be loaded from."""
+    """`load_sub_model`: check the folder a component of one of our pipelines is about to be loaded from, and load
+    safetensors only (diffusers would fall back to a pickle file where the safetensors file is missing)."""
     pipeline_class, folder = bound.arguments.get("pipeline_class"), bound.arguments.get("cached_folder")
     ours = tuple(cls for cls in _REGISTRY.values() if hasattr(cls, "loadable_class_names"))
-    if (
-        isinstance(pipeline_class, type)
-        and issubclass(pipeline_class, ours)
-        and folder is not None
-        and os.path.realpath(folder) not in _CHECKED_FOLDERS.get()
-    ):
-        folder_check(str(folder), pipeline_class)
+    if not (isinstance(pipeline_class, type) and issubclass(pipeline_class, ours)):
+        return original(*bound.args, **bound.kwargs)
+    if folder is None:  # fail closed: a diffusers release that stops naming the folder must not skip the checks
+        raise RuntimeError("hf_ddpm_ncsn cannot check this folder: diffusers did not say where it loads it from")
+    if os.path.realpath(folder) not in _CHECKED_FOLDERS.get():
+        folder_check(str(folder), pipeline_class, bound.arguments.get("variant"))
+        bound.arguments["use_safetensors"] = True
     return original(*bound.args, **bound.kwargs)
 
 

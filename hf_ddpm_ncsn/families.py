@@ -151,15 +151,7 @@ class DDPMFamily:
     )
 
     def build_scheduler(self, train_images: torch.Tensor) -> DDPMPosteriorScheduler:
-        a = self.args
-        return DDPMPosteriorScheduler(
-            num_train_timesteps=a.ddpm_num_steps,
-            beta_schedule=a.ddpm_beta_schedule,
-            beta_start=a.beta_start,
-            beta_end=a.beta_end,
-            variance_type=a.variance_type,
-            prediction_type=a.prediction_type,
-        )
+        return DDPMPosteriorScheduler(**self.args.scheduler_kwargs())
 
     def build_unet(self, config: dict[str, Any], resolution: int, channels: int) -> UNet2DModel:
         learned = self.args.variance_type in ("learned", "learned_range")

@@ -12,12 +12,17 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-SAFETENSORS_WEIGHTS_NAMES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.safetensors.index.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-)
+_WEIGHTS_STEMS = ("diffusion_pytorch_model", "model")
+
+
+def safetensors_weights_names(files: Iterable[str], variant: str | None = None) -> tuple[str, ...]:
+    """The safetensors files diffusers loads for a component with these files: the variant's when the component
+    has files of that variant (as diffusers decides), else the plain ones; single or sharded."""
+    files = list(files)
+    infix = f".{variant}" if variant and any(f".{variant}." in name for name in files) else ""
+    return tuple(f"{stem}{infix}.safetensors{index}" for stem in _WEIGHTS_STEMS for index in ("", ".index.json"))
+
+
 #: Largest config file (model_index.json, a component's config) read from a folder: a config is a few kilobytes,
 #: trained_betas of 100,000 timesteps about 2 MB.
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -77,14 +82,17 @@ def _model_subfolders(folder: str, index: dict) -> Iterable[str]:
     return [sub for sub in _component_subfolders(folder, index) if os.path.isfile(os.path.join(sub, "config.json"))]
 
 
-def check_pipeline_folder(folder: str, accepted_class_names: Iterable[str], allow_pickle: bool = False) -> None:
+def check_pipeline_folder(
+    folder: str, accepted_class_names: Iterable[str], allow_pickle: bool = False, variant: str | None = None
+) -> None:
     """Validate a local pipeline folder before loading it.
 
     Args:
         folder (`str`): the folder holding model_index.json.
         accepted_class_names (`Iterable[str]`): pipeline class names this loader accepts.
-        allow_pickle (`bool`, defaults to `False`): accept pickle weights when no safetensors file exists. Pickle
-            files can execute arbitrary code when loaded: opt in only for files you trust.
+        allow_pickle (`bool`, defaults to `False`): accept pickle weights when the safetensors file diffusers would
+            load is missing. Pickle files can execute arbitrary code when loaded: opt in only for files you trust.
+        variant (`str`, *optional*): the weights variant that will be loaded (e.g. `"fp16"`).
     """
     accepted = tuple(accepted_class_names)
     found = pipeline_class_name(folder)
@@ -104,15 +112,15 @@ def check_pipeline_folder(folder: str, accepted_class_names: Iterable[str], allo
         pickles = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
         for name in safetensors:
             check_safetensors_file(os.path.join(sub, name))
-        # diffusers loads pickle weights whenever the plain safetensors file is missing (a variant's is not enough)
-        if pickles and not any(name in files for name in SAFETENSORS_WEIGHTS_NAMES) and not allow_pickle:
+        # diffusers falls back to pickle weights whenever the safetensors file it wants is missing
+        wanted = safetensors_weights_names(files, variant)
+        if pickles and not any(name in files for name in wanted) and not allow_pickle:
             raise PipelineFolderError(
                 f"{os.path.join(sub, pickles[0])} is a pickle file, which can run arbitrary code when loaded, and "
-                f"{sub} has no {SAFETENSORS_WEIGHTS_NAMES[0]}. If you trust the file, load with allow_pickle=True "
-                "and call save_pretrained() once to convert the folder to safetensors"
+                f"{sub} has no {wanted[0]}. If you trust the file, load with allow_pickle=True and call "
+                "save_pretrained() once to convert the folder to safetensors"
             )
         if not safetensors and not pickles:
             raise PipelineFolderError(
-                f"{sub} has no weights file (expected {SAFETENSORS_WEIGHTS_NAMES[0]}); re-save or re-download "
-                "the pipeline"
+                f"{sub} has no weights file (expected {wanted[0]}); re-save or re-download the pipeline"
             )

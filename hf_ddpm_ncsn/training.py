@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text
+from .atomic import atomic_directory, atomic_write_text, clean_stale
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     STATE_FILE,
@@ -52,7 +53,15 @@ from .training_args import TrainingArguments, parse_training_arguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteLossError", "TrainingSummary", "list_checkpoints", "main", "train", "write_model_card"]
+__all__ = [
+    "MainProcessError",
+    "NonFiniteLossError",
+    "TrainingSummary",
+    "list_checkpoints",
+    "main",
+    "train",
+    "write_model_card",
+]
 
 # enough points for sigma_max (NCSNv2 technique 1) without quadratic cost on large datasets
 MAX_POINTS_FOR_SIGMA_MAX = 4096
@@ -90,6 +99,28 @@ class ResumePoint:
         return self.state["global_step"]
 
 
+class MainProcessError(RuntimeError):
+    """Work that only the main process does failed there; the other processes stop with this error."""
+
+
+def on_main_process(accelerator: Accelerator, work: Callable[[], Any]) -> None:
+    """Run `work` on the main process only, then tell every process whether it failed: an error there stops every
+    process at once, instead of leaving the others waiting at the next barrier. Also a barrier itself."""
+    failure = None
+    if accelerator.is_main_process:
+        try:
+            work()
+        except BaseException as err:  # noqa: BLE001 (re-raised below, after the other processes are told)
+            failure = err
+    if accelerator.num_processes > 1:
+        outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+        broadcast_object_list(outcome, from_process=0)
+        if outcome[0] is not None and failure is None:
+            raise MainProcessError(f"the main process failed, so this one stops too: {outcome[0]}")
+    if failure is not None:
+        raise failure
+
+
 def save_checkpoint(
     accelerator: Accelerator, output_dir: str, global_step: int, limit: int | None, record: dict[str, Any]
 ) -> Path:
@@ -100,19 +131,29 @@ def save_checkpoint(
     the next run publishes (when complete) or removes: never a `checkpoint-<step>` that looks complete.
     """
     staging = staging_path(output_dir, global_step)
-    if accelerator.is_main_process:
+
+    def prepare() -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    final = Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
-    if accelerator.is_main_process:
+
+    def publish() -> None:
         write_state(staging, {**record, "global_step": global_step})
         publish_checkpoint(staging, output_dir, global_step)
         prune(output_dir, limit)
+
+    on_main_process(accelerator, prepare)
+    accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
-    return final
+    on_main_process(accelerator, publish)
+    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{global_step}"
+
+
+def prepare_output_dir(output_dir: str) -> None:
+    """Create the output folder, after repairing what an interrupted write left: a backup of the folder itself
+    (before anything re-creates it empty), then the checkpoints' staging and deleting folders."""
+    clean_stale(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    recover(output_dir)
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> ResumePoint | None:
@@ -228,37 +269,14 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     accelerator = build_accelerator(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        recover(args.output_dir)  # finish what a crash interrupted before anything reads the checkpoints
-    accelerator.wait_for_everyone()
+    on_main_process(accelerator, lambda: prepare_output_dir(args.output_dir))  # before anything reads it
     # every check that can refuse the run comes before the data is loaded, and runs on every process
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
         check_resumable(resume, run_record(args, family, accelerator.num_processes))
     base_unet_config = unet_config(args)
 
-    # then the data: a bad path, column or image stops the run before any model is built
-    dataset = load_image_dataset(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.train_data_dir,
-        args.image_column,
-        split="train",
-        cache_dir=args.cache_dir,
-    )  # the held-out split does not follow --seed: evaluation must hold out the same images
-    check_images(dataset)
-    channels = infer_channels(dataset)
-    dataloader = make_dataloader(
-        dataset,
-        resolution=args.resolution,
-        channels=channels,
-        batch_size=args.train_batch_size,
-        center_crop=args.center_crop,
-        random_flip=args.random_flip,
-        num_workers=args.dataloader_num_workers,
-        seed=args.seed,
-    )
+    dataset, channels, dataloader = _load_data(args)  # a bad path, column or image stops the run here
 
     set_seed(args.seed)  # the same initial weights on every process
     scheduler = family.build_scheduler(_stack_images(dataloader, MAX_POINTS_FOR_SIGMA_MAX))
@@ -267,18 +285,7 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     if resume is not None:
         for change in check_resumable(resume, record, family.sampling_config_keys):
             logger.info("Resuming %s with a changed setting: %s", resume.path.name, change)
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(
-            unet.parameters(),
-            decay=args.ema_max_decay,
-            use_ema_warmup=True,
-            inv_gamma=args.ema_inv_gamma,
-            power=args.ema_power,
-            foreach=True,  # one fused update over all parameters: the per-tensor loop cost ~20% of a CPU step
-            model_cls=UNet2DModel,
-            model_config=unet.config,
-        )
+    ema = _build_ema(args, unet)
     optimizer = torch.optim.AdamW(
         unet.parameters(),
         lr=args.learning_rate,
@@ -312,21 +319,9 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
         accelerator.register_for_checkpointing(ema)
     set_seed(args.seed, device_specific=True)  # different noise on every process
 
-    global_step, last_loss = 0, None
-    if resume is not None:
-        accelerator.load_state(str(resume.path))
-        if ema is not None:
-            ema.to(accelerator.device)  # accelerate restores custom states on the CPU
-        if resume.state["arguments"].get("learning_rate") != args.learning_rate:
-            _apply_learning_rate(optimizer, lr_scheduler, args.learning_rate)
-        global_step, last_loss = resume.step, resume.state.get("last_loss")
-        logger.info("Resumed from %s at step %d", resume.path, global_step)
-    elif args.resume_from_checkpoint == "latest":
-        logger.info("No checkpoint in %s: starting a new run", args.output_dir)
-    lineage = new_lineage(resume.state if resume is not None else None, global_step)
-    if accelerator.is_main_process:
-        move_aside_other_lineages(args.output_dir, lineage)
-    accelerator.wait_for_everyone()
+    global_step, last_loss = _restore(accelerator, resume, args, optimizer, lr_scheduler, ema)
+    lineage = new_lineage(resume.state if resume is not None else None, global_step)  # used by the main process
+    on_main_process(accelerator, lambda: move_aside_other_lineages(args.output_dir, lineage))
 
     if accelerator.is_main_process and args.logger != "none":
         # trackers (tensorboard's hparams) take scalars only
@@ -420,6 +415,63 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     return summary
 
 
+def _load_data(args: TrainingArguments):
+    """The training split, its channel count and its dataloader; a bad path, column or image raises here."""
+    dataset = load_image_dataset(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.train_data_dir,
+        args.image_column,
+        split="train",
+        cache_dir=args.cache_dir,
+    )  # the held-out split does not follow --seed: evaluation must hold out the same images
+    check_images(dataset)
+    channels = infer_channels(dataset)
+    dataloader = make_dataloader(
+        dataset,
+        resolution=args.resolution,
+        channels=channels,
+        batch_size=args.train_batch_size,
+        center_crop=args.center_crop,
+        random_flip=args.random_flip,
+        num_workers=args.dataloader_num_workers,
+        seed=args.seed,
+    )
+    return dataset, channels, dataloader
+
+
+def _build_ema(args: TrainingArguments, unet: UNet2DModel) -> EMAModel | None:
+    if not args.use_ema:
+        return None
+    return EMAModel(
+        unet.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+        foreach=True,  # one fused update over all parameters: the per-tensor loop cost ~20% of a CPU step
+        model_cls=UNet2DModel,
+        model_config=unet.config,
+    )
+
+
+def _restore(
+    accelerator, resume: ResumePoint | None, args: TrainingArguments, optimizer, lr_scheduler, ema
+) -> tuple[int, float | None]:
+    """Load the resumed checkpoint's state (every process); returns the step and the last loss it recorded."""
+    if resume is None:
+        if args.resume_from_checkpoint == "latest":
+            logger.info("No checkpoint in %s: starting a new run", args.output_dir)
+        return 0, None
+    accelerator.load_state(str(resume.path))
+    if ema is not None:
+        ema.to(accelerator.device)  # accelerate restores custom states on the CPU
+    if resume.state["arguments"].get("learning_rate") != args.learning_rate:
+        _apply_learning_rate(optimizer, lr_scheduler, args.learning_rate)
+    logger.info("Resumed from %s at step %d", resume.path, resume.step)
+    return resume.step, resume.state.get("last_loss")
+
+
 def _with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UNet2DModel:
     """An unwrapped copy of the UNet carrying the EMA weights (the training weights are left alone)."""
     model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
@@ -430,13 +482,14 @@ def _with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> U
 
 
 def _preview(accelerator, family, unet, ema, scheduler, args: TrainingArguments, step: int) -> None:
-    if accelerator.is_main_process:
+    def draw() -> None:
         grid = sample_grid(family, _with_ema_weights(accelerator, unet, ema), scheduler, args.num_preview_images, 0)
         folder = Path(args.output_dir) / "previews"
         folder.mkdir(exist_ok=True)
         grid.save(folder / f"step-{step}.png")
         _log_image(accelerator, "samples", grid, step)
-    accelerator.wait_for_everyone()
+
+    on_main_process(accelerator, draw)
 
 
 def _write_process_report(accelerator, args: TrainingArguments, unet, first_batch_digest, global_step) -> None:
@@ -458,16 +511,25 @@ def _write_process_report(accelerator, args: TrainingArguments, unet, first_batc
 def _finish(
     accelerator, args: TrainingArguments, family, unet, ema, scheduler, summary: TrainingSummary
 ) -> str | None:
-    """Save the EMA pipeline, its samples, metrics and model card; push when asked. Main process only."""
+    """Publish the EMA pipeline with its samples, metrics, arguments and model card in one switch of the output
+    folder (its checkpoints and logs carried over); push when asked. Main process only."""
     model = _with_ema_weights(accelerator, unet, ema)
     pipeline = family.pipeline(model, scheduler)
-    pipeline.save_pretrained(args.output_dir)  # first: a failure while sampling the grid must not lose the model
-    grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
-    grid.save(Path(args.output_dir) / "samples.png")
-    metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
-    atomic_write_text(Path(args.output_dir, "metrics.json"), dumps(metrics, indent=2))
-    atomic_write_text(Path(args.output_dir, "training_args.json"), dumps(public_arguments(args, family), indent=2))
-    write_model_card(args.output_dir)
+    grid, grid_error = None, None
+    # the grid and an evaluation of the previous model describe the model being replaced: not carried over
+    with atomic_directory(args.output_dir, drop=("samples.png", "eval")) as staging:
+        pipeline.write_pipeline_files(staging)
+        metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
+        (staging / "metrics.json").write_text(dumps(metrics, indent=2))
+        (staging / "training_args.json").write_text(dumps(public_arguments(args, family), indent=2))
+        try:
+            grid = sample_grid(family, model, scheduler, args.num_preview_images, args.seed)
+            grid.save(staging / "samples.png")
+        except Exception as err:  # noqa: BLE001 (a failure while sampling the grid must not lose the model)
+            grid_error = err
+        write_model_card(staging, repo_id=args.hub_model_id or Path(args.output_dir).resolve().name)
+    if grid_error is not None:
+        raise grid_error
     _log_image(accelerator, "final_samples", grid, summary.global_step)
     logger.info("Saved the %s pipeline to %s", family.name, args.output_dir)
     if not args.push_to_hub:
@@ -480,9 +542,14 @@ def _finish(
         raise
 
 
-def write_model_card(output_dir: str | os.PathLike) -> None:
-    """(Re)write `<output_dir>/README.md` from what a finished run left there: the pipeline's configs,
-    training_args.json, metrics.json, samples.png and, when an evaluation has run, eval/report.json."""
+def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> None:
+    """(Re)write `<output_dir>/README.md` (atomically) from what a finished run left there: the pipeline's
+    configs, training_args.json, metrics.json, samples.png and, when an evaluation has run since, eval/report.json.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): the training output folder.
+        repo_id (`str`, *optional*): the repo the card names (default: `--hub_model_id`, else the folder name).
+    """
     folder = Path(output_dir)
 
     def read(*parts: str) -> dict:
@@ -500,7 +567,7 @@ def write_model_card(output_dir: str | os.PathLike) -> None:
     )
     card = render_model_card(
         family,
-        repo_id=args.get("hub_model_id") or folder.resolve().name,
+        repo_id=repo_id or args.get("hub_model_id") or folder.resolve().name,
         scheduler_config=read("scheduler", "scheduler_config.json"),
         unet_config=read("unet", "config.json"),
         dataset=dataset,
@@ -508,7 +575,7 @@ def write_model_card(output_dir: str | os.PathLike) -> None:
         eval_results=read("eval", "report.json").get("model_card_metrics"),
         sample_grid="samples.png" if (folder / "samples.png").is_file() else None,
     )
-    card.save(folder / "README.md")
+    atomic_write_text(folder / "README.md", str(card))
 
 
 def main(family_name: str, argv: list[str] | None = None) -> int:
@@ -520,7 +587,7 @@ def main(family_name: str, argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = train(args, make_family(family_name, specific))
-    except (NonFiniteLossError, HubPushError, ValueError, FileNotFoundError) as err:
+    except (NonFiniteLossError, HubPushError, MainProcessError, ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -29,6 +29,12 @@ from .schedulers.scheduling_ncsn import MAX_CHAIN_LENGTH, MAX_NOISE_LEVELS
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
+def _looks_local(path: str) -> bool:
+    """Whether a --model_config_name_or_path that does not exist was meant as a local path, not a Hub repo id."""
+    explicit = path.endswith(".json") or path.startswith((".", "~", os.sep)) or os.path.isabs(path)
+    return explicit or not _REPO_ID.match(path)
+
+
 def _arg(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
@@ -133,7 +139,7 @@ class TrainingArguments:
                     f"--{' and --'.join(given)} cannot be combined with --model_config_name_or_path: the config sets "
                     "the architecture; edit the config instead"
                 )
-            if not os.path.exists(path) and not _REPO_ID.match(path):
+            if not os.path.exists(path) and _looks_local(path):
                 raise ValueError(
                     f"--model_config_name_or_path {path!r} does not exist (and is not a Hub repo id such as "
                     "'user/model'); pass a UNet2DModel config.json, a folder holding one, or a Hub repo id"
@@ -209,22 +215,26 @@ class DDPMArguments:
         if self.ddpm_num_inference_steps is not None and not 1 <= self.ddpm_num_inference_steps <= self.ddpm_num_steps:
             raise ValueError(f"--ddpm_num_inference_steps must lie in [1, {self.ddpm_num_steps}]")
         _check_number("vlb_weight", self.vlb_weight, low=0.0, include_low=True)
-        try:  # the scheduler checks the schedule itself (betas in (0, 1]), here rather than after loading the data
-            DDPMPosteriorScheduler(
-                num_train_timesteps=self.ddpm_num_steps,
-                beta_schedule=self.ddpm_beta_schedule,
-                beta_start=self.beta_start,
-                beta_end=self.beta_end,
-                variance_type=self.variance_type,
-                prediction_type=self.prediction_type,
-            )
-        except ValueError as err:
-            raise ValueError(f"--beta_start / --beta_end / --ddpm_beta_schedule: {err}") from None
         if self.loss_type == "simple" and self.variance_type in ("learned", "learned_range"):
             raise ValueError(
                 f"--loss_type simple does not train the variance of --variance_type {self.variance_type}; "
                 "use --loss_type hybrid or vlb"
             )
+        try:  # the scheduler checks the schedule itself (betas in (0, 1]), here rather than after loading the data
+            DDPMPosteriorScheduler(**self.scheduler_kwargs())
+        except ValueError as err:
+            raise ValueError(f"--beta_start / --beta_end / --ddpm_beta_schedule: {err}") from None
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """The `DDPMPosteriorScheduler` arguments these settings describe."""
+        return {
+            "num_train_timesteps": self.ddpm_num_steps,
+            "beta_schedule": self.ddpm_beta_schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "variance_type": self.variance_type,
+            "prediction_type": self.prediction_type,
+        }
 
 
 def _check_positive(name: str, value: int, allow_zero: bool = False) -> None:

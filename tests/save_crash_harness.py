@@ -22,7 +22,13 @@ from tiny_models import tiny_ncsn
 import hf_ddpm_ncsn.atomic as atomic
 from hf_ddpm_ncsn import NCSNPipeline
 
-EXTRAS = {"checkpoint-10/state.safetensors": b"training state", "README.md": b"model card"}
+# what else a training output folder holds, another writer's staging folder included: all must survive
+EXTRAS = {
+    "checkpoint-10/state.safetensors": b"training state",
+    "README.md": b"model card",
+    ".checkpoint-20.partial/model.safetensors": b"a checkpoint being written",
+}
+PIPELINE_ENTRIES = {"model_index.json", "hf_ddpm_ncsn_pipeline.py", "unet", "scheduler"}
 
 
 def fingerprint(pipe: NCSNPipeline) -> tuple[int, float]:
@@ -32,7 +38,9 @@ def fingerprint(pipe: NCSNPipeline) -> tuple[int, float]:
 def describe(target: Path, versions: dict[str, tuple]) -> dict:
     leftovers = sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}."))
     if target.is_dir():
-        leftovers += sorted(f"{target.name}/{p.name}" for p in target.iterdir() if atomic.is_work_in_progress(p.name))
+        leftovers += sorted(
+            f"{target.name}/{p.name}" for p in target.iterdir() if atomic._leftover_of(p.name, PIPELINE_ENTRIES)
+        )
     try:
         found = fingerprint(NCSNPipeline.from_pretrained(target))
         state = next((name for name, value in versions.items() if value == found), f"mixed {found}")
@@ -76,6 +84,8 @@ def main(work: Path, exchange_supported: bool) -> list[dict]:
         killed = os.WIFSIGNALED(status)
         entry = {"at": at, "killed": killed, "exit_code": None if killed else os.WEXITSTATUS(status)}
         entry["after_kill"] = describe(target, versions)
+        if not target.exists():  # something re-creates the folder empty before the clean-up (os.makedirs)
+            target.mkdir()
         atomic.clean_stale(target)  # what the next write does first
         entry["after_clean_up"] = describe(target, versions)
         new.save_pretrained(target)

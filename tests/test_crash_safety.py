@@ -141,13 +141,15 @@ def test_a_crash_while_publishing_over_an_existing_checkpoint_never_loses_a_comp
         _checkpoint(root, 20, "B", staged=True)  # complete, about to replace checkpoint-20
 
     for at in crash_points(setup, lambda: publish_checkpoint(staging_path(root, 20), root, 20)):
+        _assert_every_checkpoint_folder_is_complete(root)
+        assert "checkpoint-10" in [p.name for p in list_checkpoints(root)], at  # latest is always complete
         recover(root)  # what the next start does first
         _assert_every_checkpoint_folder_is_complete(root)
         assert [p.name for p in list_checkpoints(root)] == ["checkpoint-10", "checkpoint-20"], at
-        # the new checkpoint is checkpoint-20, or (if the crash came before the switch) kept aside: never deleted
-        new = [p.parent for p in root.rglob(STATE_FILE) if read_state(p.parent) and _run_of(p.parent) == "B"]
-        assert len(new) == 1, at
-        assert new[0] == root / "checkpoint-20" or ABANDONED_DIR in new[0].parts, (at, new)
+        # the staged (newer) checkpoint is checkpoint-20; the one it replaced is kept aside, never deleted
+        assert _run_of(root / "checkpoint-20") == "B", at
+        (replaced,) = (root / ABANDONED_DIR).rglob("checkpoint-20")
+        assert _run_of(replaced) == "A", at
         assert not [p for p in root.iterdir() if p.name.startswith(".")], at
 
 
@@ -227,3 +229,14 @@ def test_remove_tree_hides_the_folder_before_deleting_it(tmp_path):
         assert not folder.exists() or read_state(folder) is not None, at
         atomic.clean_stale(folder)
         assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["checkpoint-10"]), at
+
+
+def test_saving_the_folder_this_process_works_in_keeps_the_working_directory_usable(tmp_path, monkeypatch):
+    target = tmp_path / "pipe"
+    tiny_ncsn().save_pretrained(target)
+    (target / "logs").mkdir()
+    monkeypatch.chdir(target / "logs")
+    tiny_ncsn().save_pretrained(target)  # the folder is replaced by another one: this process follows it
+    assert Path(os.getcwd()) == (target / "logs").resolve()
+    Path("written-after.txt").write_text("x")  # a relative write lands in the published folder
+    assert (target / "logs" / "written-after.txt").read_text() == "x"

@@ -323,3 +323,24 @@ def test_the_remote_code_route_without_the_package_imported_refuses_pickle_weigh
         print(type(err).__name__, "pickle file" in str(err))
     """
     assert run_python(code, env={"HF_HOME": str(tmp_path / "hf_home")}).split() == ["PipelineFolderError", "True"]
+
+
+def test_pickle_weights_of_a_variant_or_asked_for_with_use_safetensors_false_are_refused(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    pipe = tiny_ncsn()
+    pipe.save_pretrained(tmp_path)
+    pickled = {k: v + 1 for k, v in pipe.unet.state_dict().items()}  # other weights: we see which file loaded
+    torch.save(pickled, tmp_path / "unet" / "diffusion_pytorch_model.fp16.bin")
+    torch.save(pickled, tmp_path / "unet" / "diffusion_pytorch_model.bin")
+    # the variant's safetensors file is missing, so diffusers would fall back to its pickle file
+    with pytest.raises(PipelineFolderError, match="diffusion_pytorch_model.fp16.safetensors"):
+        NCSNPipeline.from_pretrained(tmp_path, variant="fp16")
+    with pytest.raises(PipelineFolderError, match="diffusion_pytorch_model.fp16.safetensors"):
+        DiffusionPipeline.from_pretrained(tmp_path, variant="fp16")
+    with pytest.raises(ValueError, match="use_safetensors=False loads pickle weights; pass allow_pickle=True"):
+        NCSNPipeline.from_pretrained(tmp_path, use_safetensors=False)
+    # through diffusers' loader the hook loads safetensors whatever the caller asked for
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, use_safetensors=False)
+    for name, value in pipe.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], value), name

@@ -241,12 +241,16 @@ def test_a_corrupt_image_is_reported_not_skipped(tmp_path, capsys):
         ("ddpm", ["--output_dir", __file__], "--output_dir"),
         ("ddpm", ["--model_config_name_or_path", "path/to/config.json"], "does not exist"),
         ("ddpm", ["--model_config_name_or_path", "/nonexistent/unet"], "does not exist"),
+        ("ddpm", ["--model_config_name_or_path", "missing.json"], "does not exist"),
+        ("ddpm", ["--model_config_name_or_path", "./missing"], "does not exist"),
+        ("ddpm", ["--model_config_name_or_path", "configs/unet.json"], "does not exist"),
         ("ddpm", ["--model_config_name_or_path", "user/unet", "--block_out_channels", "8"], "cannot be combined"),
         ("ddpm", ["--model_config_name_or_path", "user/unet", "--layers_per_block", "2"], "cannot be combined"),
     ],
 )
-def test_bad_arguments_are_named_at_parse_time(capsys, family, argv, match):
-    assert main(family, argv) == 2
+def test_bad_arguments_are_named_at_parse_time(tmp_path, capsys, family, argv, match):
+    # a short run in a temporary folder if the check were ever missed: the case's own arguments come last and win
+    assert main(family, [*_short_run(tmp_path), *argv]) == 2
     assert match in capsys.readouterr().err
 
 
@@ -269,13 +273,18 @@ def test_any_positive_widths_build_a_working_default_unet():
     assert default_unet_config([4, 8], None)["norm_num_groups"] == 4
 
 
-def test_unknown_choices_list_the_accepted_values(capsys):
+def _short_run(tmp_path) -> list[str]:
+    return ["--output_dir", str(tmp_path / "out"), "--max_train_steps", "1", "--logger", "none"]
+
+
+def test_unknown_choices_list_the_accepted_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main("ddpm", ["--loss_type", "l1"])
     err = capsys.readouterr().err
     assert "--loss_type" in err and "hybrid" in err
-    assert main("ddpm", ["--variance_type", "learned_range"]) == 2  # the simple loss cannot train it
-    assert main("ddpm", ["--mixed_precision", "fp16", "--max_train_steps", "1"]) == 1 or torch.cuda.is_available()
+    assert main("ddpm", [*_short_run(tmp_path), "--variance_type", "learned_range"]) == 2  # simple cannot train it
+    fp16 = main("ddpm", [*_short_run(tmp_path), "--mixed_precision", "fp16"])
+    assert fp16 == 1 or torch.cuda.is_available()
 
 
 def test_help_documents_every_argument():
@@ -502,3 +511,43 @@ def test_a_unet_config_from_a_file_a_folder_or_a_hub_repo_trains_on_two_processe
     config = json.loads((out / "unet" / "config.json").read_text())
     assert config["block_out_channels"] == [8, 16] and config["norm_num_groups"] == 4
     assert config["sample_size"] == 8 and config["in_channels"] == 1  # the data decides these
+
+
+@pytest.mark.slow
+def test_a_failure_on_the_main_process_alone_stops_every_process(tmp_path):
+    # only the main process publishes checkpoints: when that fails, the other process must not wait at a barrier
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(TESTS / "train_with_faults.py"), "fail", "2", str(SCRIPTS / "train_ddpm.py"),
+               "--output_dir", str(tmp_path / "out"), "--max_train_steps", "4", "--checkpointing_steps", "2",
+               *TINY_DDPM]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=ENV)
+    assert result.returncode != 0
+    assert "injected: no space left on device" in result.stderr
+    assert "the main process failed, so this one stops too" in result.stderr
+    assert not list_checkpoints(tmp_path / "out") and not (tmp_path / "out" / "model_index.json").exists()
+
+
+def test_a_new_learning_rate_takes_effect_in_the_resumed_run(ddpm_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "3",
+            "--learning_rate", "5e-4", *TINY_DDPM, "--resume_from_checkpoint", str(ddpm_checkpoint)]  # fmt: skip
+    assert main("ddpm", argv) == 0
+    # the optimizer accelerate saved at step 3: base rate 5e-4, on the cosine schedule of 2 warm-up steps in 4
+    (group,) = torch.load(out / "checkpoint-3" / "optimizer.bin", weights_only=False)["param_groups"]
+    assert group["initial_lr"] == 5e-4
+    assert group["lr"] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * (3 - 2) / (4 - 2))), rel=1e-12)
+
+
+def test_the_final_save_replaces_what_described_the_previous_model(ddpm_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(ddpm_checkpoint.parent, out)  # a finished run, evaluated since
+    (out / "eval").mkdir()
+    (out / "eval" / "report.json").write_text(json.dumps({"model_card_metrics": {"bits_per_dim": 9.99}}))
+    (out / "notes.txt").write_text("mine")
+    argv = ["--output_dir", str(out), "--max_train_steps", "3", *TINY_DDPM, "--resume_from_checkpoint", "latest"]
+    assert main("ddpm", argv) == 0
+    assert not (out / "eval").exists() and (out / "notes.txt").read_text() == "mine"
+    assert "9.99" not in (out / "README.md").read_text()  # the old model's evaluation is not the new one's
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]

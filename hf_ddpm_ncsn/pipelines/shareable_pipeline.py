@@ -14,7 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, atomic_write_text
 from ..diffusers_loading import finalize_saved_folder, folder_already_checked
 from ..folder_checks import check_pipeline_folder
 from ..hub import push_folder_to_hub, render_model_card
@@ -64,13 +64,20 @@ class ShareablePipeline(DiffusionPipeline):
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): a saved folder or a Hub repo id.
             allow_pickle (`bool`, defaults to `False`): accept pickle (`.bin`) weights when a component has no
-                safetensors file. Pickle files can run arbitrary code: opt in only for files you trust.
-            kwargs: passed to `DiffusionPipeline.from_pretrained` (components, `torch_dtype`, `revision`, ...).
+                safetensors file. Pickle files can run arbitrary code: opt in only for files you trust. Without it,
+                only safetensors files are loaded (`use_safetensors=False` is refused).
+            kwargs: passed to `DiffusionPipeline.from_pretrained` (components, `torch_dtype`, `revision`,
+                `variant`, ...).
         """
+        if kwargs.get("use_safetensors") is False and not allow_pickle:
+            raise ValueError("use_safetensors=False loads pickle weights; pass allow_pickle=True if you trust them")
+        if not allow_pickle:
+            kwargs["use_safetensors"] = True  # diffusers would fall back to a pickle file next to a missing one
         folder = str(pretrained_model_name_or_path)
         if not os.path.isdir(folder):
             folder = cls.download(folder, **{k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs})
-        check_pipeline_folder(folder, cls.loadable_class_names, allow_pickle=allow_pickle)
+        variant = kwargs.get("variant")
+        check_pipeline_folder(folder, cls.loadable_class_names, allow_pickle=allow_pickle, variant=variant)
         with folder_already_checked(folder):
             return super().from_pretrained(folder, **cls._components_for_foreign_folder(folder, kwargs))
 
@@ -106,8 +113,7 @@ class ShareablePipeline(DiffusionPipeline):
                 "safe_serialization=False would write pickle weights; hf_ddpm_ncsn saves safetensors only"
             )
         with atomic_directory(save_directory) as staging:
-            super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
-            finalize_saved_folder(staging, type(self))
+            self.write_pipeline_files(staging, variant=variant, max_shard_size=max_shard_size)
         if push_to_hub:
             push_folder_to_hub(
                 save_directory,
@@ -117,6 +123,21 @@ class ShareablePipeline(DiffusionPipeline):
                 commit_message=kwargs.pop("commit_message", "Upload pipeline"),
                 create_pr=kwargs.pop("create_pr", False),
             )
+
+    def write_pipeline_files(
+        self, folder: str | os.PathLike, variant: str | None = None, max_shard_size: int | str | None = None
+    ) -> None:
+        """Write the safetensors weights, configs and loader shim into the empty `folder`, as they are: for callers
+        that publish a folder of their own in one switch (`save_pretrained`, the training script's output folder,
+        `push_to_hub`'s staging).
+
+        Args:
+            folder (`str` or `os.PathLike`): an empty folder.
+            variant (`str`, *optional*): weights file variant, e.g. `"fp16"`.
+            max_shard_size (`int` or `str`, *optional*): shard large weights.
+        """
+        super().save_pretrained(folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+        finalize_saved_folder(folder, type(self))
 
     # ----------------------------------------------------------------------------------------------------------
     # Sharing
@@ -160,7 +181,7 @@ class ShareablePipeline(DiffusionPipeline):
             eval_results=eval_results,
             sample_grid="samples.png" if sample_grid is not None else None,
         )
-        card.save(folder / "README.md")
+        atomic_write_text(folder / "README.md", str(card))
 
     def push_to_hub(
         self,
@@ -200,7 +221,7 @@ class ShareablePipeline(DiffusionPipeline):
         if sample_grid is None and num_grid_images:
             sample_grid = self.sample_grid(num_grid_images, **(grid_kwargs or {}))
         with tempfile.TemporaryDirectory() as staging:
-            self.save_pretrained(staging)
+            self.write_pipeline_files(staging)
             self.save_model_card(
                 staging,
                 repo_id=repo_id,
