@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import glob
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -74,6 +74,13 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
 
 
+def _work_in_progress_of(name: str) -> re.Pattern:
+    """The exact shape of the hidden names that a write of the entry `name` leaves: `.<name>.<random><suffix>`,
+    where the random part has no dot (so `.pipe.v2.<random>.old` belongs to `pipe.v2`, not to `pipe`)."""
+    suffixes = "|".join(re.escape(suffix) for suffix in WORK_IN_PROGRESS_SUFFIXES)
+    return re.compile(rf"^\.{re.escape(name)}\.[^.]+(?:{suffixes})$")
+
+
 def _hidden_sibling(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}")
 
@@ -97,7 +104,11 @@ def publish(staging: str | os.PathLike, target: str | os.PathLike) -> Path | Non
         return staging
     backup = _hidden_sibling(target, BACKUP_SUFFIX)
     os.rename(target, backup)
-    os.rename(staging, target)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(backup, target)
+        raise
     return backup
 
 
@@ -121,9 +132,8 @@ def clean_stale(target: str | os.PathLike) -> None:
     target = Path(target)
     if not target.parent.is_dir():
         return
-    leftovers = [
-        p for p in target.parent.glob(f".{glob.escape(target.name)}.*") if p.name.endswith(WORK_IN_PROGRESS_SUFFIXES)
-    ]
+    shape = _work_in_progress_of(target.name)
+    leftovers = [p for p in target.parent.iterdir() if shape.match(p.name)]
     backups = [p for p in leftovers if p.name.endswith(BACKUP_SUFFIX)]
     if backups and (not os.path.lexists(target) or (target.is_dir() and not any(target.iterdir()))):
         newest = max(backups, key=lambda p: p.stat().st_mtime)
@@ -170,9 +180,19 @@ def _link_tree(source: Path, destination: Path) -> None:
             shutil.copy2(source, destination)
 
 
+def check_replaceable(target: str | os.PathLike) -> None:
+    """Raise unless `target` can be replaced as a whole: absent, or a folder that is not a mount point (a mount
+    point cannot be renamed; write into a folder inside it)."""
+    target = Path(os.path.realpath(target))
+    if os.path.lexists(target) and not target.is_dir():
+        raise NotADirectoryError(f"{target} exists and is not a folder; pass a folder to write into")
+    if target.is_dir() and os.path.ismount(target):
+        raise ValueError(f"{target} is a mount point, which cannot be replaced atomically; use a folder inside it")
+
+
 def _leftover_of(name: str, entries: set[str]) -> bool:
     """Whether `name` is a hidden leftover of an interrupted write of one of `entries` (e.g. `.unet.<random>.old`)."""
-    return is_work_in_progress(name) and any(name.startswith(f".{entry}.") for entry in entries)
+    return any(_work_in_progress_of(entry).match(name) for entry in entries)
 
 
 def _cwd_inside(folder: Path) -> Path | None:
@@ -206,8 +226,7 @@ def atomic_directory(target: str | os.PathLike, keep: bool = True, drop: Iterabl
             block did not write them (what describes the version being replaced).
     """
     target = Path(os.path.realpath(target))
-    if os.path.lexists(target) and not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a folder; pass a folder to write the pipeline into")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=STAGING_SUFFIX, dir=target.parent))
@@ -225,7 +244,11 @@ def atomic_directory(target: str | os.PathLike, keep: bool = True, drop: Iterabl
         shutil.rmtree(staging, ignore_errors=True)
         raise
     cwd = _cwd_inside(target)
-    old = publish(staging, target)
+    try:
+        old = publish(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if cwd is not None:
         os.chdir(target / cwd if (target / cwd).is_dir() else target)
     if old is not None:

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -207,8 +208,9 @@ def _move_aside(paths: list[Path], root: Path, tag: str) -> list[Path]:
     """Rename each of `paths` (one atomic rename each) into `<root>/abandoned-checkpoints/<UTC time>-<tag>/`."""
     if not paths:
         return []
-    folder = root / ABANDONED_DIR / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{tag}"
-    folder.mkdir(parents=True, exist_ok=True)
+    (root / ABANDONED_DIR).mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    folder = Path(tempfile.mkdtemp(prefix=f"{stamp}-{tag}-", dir=root / ABANDONED_DIR))  # unique even twice a second
     for path in paths:
         os.rename(path, folder / path.name)
     return [folder / path.name for path in paths]
@@ -231,7 +233,7 @@ def resume_problems(
     Returns:
         `tuple`: (mismatches that forbid resuming, legitimate changes to log), each a list of readable lines.
     """
-    recorded = ("family", "num_processes", "arguments", "unet_config", "scheduler_config")
+    recorded = ("family", "num_processes", "arguments", "unet_config", "scheduler_config", "run_id", "lineage")
     if saved.get("format") != FORMAT_VERSION or not all(key in saved for key in recorded):
         return ["the checkpoint records no run (it was written by an older hf_ddpm_ncsn), so it cannot be checked"], []
     saved, current = to_json_value(dict(saved)), to_json_value(dict(current))

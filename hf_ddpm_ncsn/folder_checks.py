@@ -19,8 +19,11 @@ def safetensors_weights_names(files: Iterable[str], variant: str | None = None) 
     """The safetensors files diffusers loads for a component with these files: the variant's when the component
     has files of that variant (as diffusers decides), else the plain ones; single or sharded."""
     files = list(files)
-    infix = f".{variant}" if variant and any(f".{variant}." in name for name in files) else ""
-    return tuple(f"{stem}{infix}.safetensors{index}" for stem in _WEIGHTS_STEMS for index in ("", ".index.json"))
+    names = [f"{stem}.{suffix}" for stem in _WEIGHTS_STEMS for suffix in ("safetensors", "safetensors.index.json")]
+    if variant and any(f".{variant}." in name for name in files):
+        # diffusers puts the variant before the last suffix: x.fp16.safetensors, x.safetensors.index.fp16.json
+        names = [".".join([*name.split(".")[:-1], variant, name.split(".")[-1]]) for name in names]
+    return tuple(names)
 
 
 #: Largest config file (model_index.json, a component's config) read from a folder: a config is a few kilobytes,

@@ -151,9 +151,10 @@ def save_checkpoint(
 def prepare_output_dir(output_dir: str) -> None:
     """Create the output folder, after repairing what an interrupted write left: a backup of the folder itself
     (before anything re-creates it empty), then the checkpoints' staging and deleting folders."""
-    clean_stale(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    recover(output_dir)
+    folder = os.path.realpath(output_dir)  # a symlinked folder's backup lies beside the folder it points to
+    clean_stale(folder)
+    os.makedirs(folder, exist_ok=True)
+    recover(folder)
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> ResumePoint | None:
@@ -323,10 +324,10 @@ def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingS
     lineage = new_lineage(resume.state if resume is not None else None, global_step)  # used by the main process
     on_main_process(accelerator, lambda: move_aside_other_lineages(args.output_dir, lineage))
 
-    if accelerator.is_main_process and args.logger != "none":
+    if args.logger != "none":
         # trackers (tensorboard's hparams) take scalars only
         config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in record["arguments"].items()}
-        accelerator.init_trackers(f"{family.name}-training", config=config)
+        on_main_process(accelerator, lambda: accelerator.init_trackers(f"{family.name}-training", config=config))
     logger.info(
         "Training %s: %d images, %d channels, %d processes (%s), %d steps of %d x %d images",
         family.name,
@@ -516,8 +517,8 @@ def _finish(
     model = _with_ema_weights(accelerator, unet, ema)
     pipeline = family.pipeline(model, scheduler)
     grid, grid_error = None, None
-    # the grid and an evaluation of the previous model describe the model being replaced: not carried over
-    with atomic_directory(args.output_dir, drop=("samples.png", "eval")) as staging:
+    # the previous grid shows the model being replaced: never carried over, even when drawing the new one fails
+    with atomic_directory(args.output_dir, drop=("samples.png",)) as staging:
         pipeline.write_pipeline_files(staging)
         metrics = {k: v for k, v in vars(summary).items() if k != "pushed_to"}
         (staging / "metrics.json").write_text(dumps(metrics, indent=2))

@@ -18,6 +18,7 @@ from typing import Any
 from diffusers.optimization import SchedulerType
 from transformers import HfArgumentParser
 
+from .atomic import check_replaceable
 from .losses import DDPM_LOSS_TYPES
 from .schedulers import DDPMPosteriorScheduler
 from .schedulers.beta_schedules import BETA_SCHEDULES
@@ -122,8 +123,10 @@ class TrainingArguments:
         _check_number("ema_power", self.ema_power, low=0.0)
         _check_number("ema_max_decay", self.ema_max_decay, low=0.0, high=1.0)
         self._check_model_arguments()
-        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
-            raise ValueError(f"--output_dir {self.output_dir!r} is a file; pass a folder (new or existing)")
+        try:  # the final save replaces the whole folder: refuse now what it could not replace hours later
+            check_replaceable(self.output_dir)
+        except (NotADirectoryError, ValueError) as err:
+            raise ValueError(f"--output_dir {self.output_dir!r}: {err}") from None
         if self.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(self.resume_from_checkpoint):
             raise ValueError(
                 f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a folder; pass 'latest' or a "

@@ -194,6 +194,15 @@ def test_a_checkpoint_with_a_missing_or_resized_file_is_not_complete(tmp_path):
     assert list_checkpoints(tmp_path) == []
 
 
+def test_a_state_without_a_complete_run_record_is_refused_not_a_key_error():
+    from hf_ddpm_ncsn.checkpoints import FORMAT_VERSION, resume_problems
+
+    current = {"family": "ddpm", "num_processes": 1, "arguments": {}}
+    for state in ({"global_step": 2}, {"format": FORMAT_VERSION, "global_step": 2, "family": "ddpm"}):
+        mismatches, changes = resume_problems(state, current)
+        assert mismatches and "records no run" in mismatches[0] and changes == []
+
+
 def test_starting_a_run_moves_the_checkpoints_of_other_lineages_aside_atomically(tmp_path):
     root = tmp_path / "out"
     resumed = {"run_id": "A", "global_step": 20, "lineage": [["A", 0]]}
@@ -240,3 +249,45 @@ def test_saving_the_folder_this_process_works_in_keeps_the_working_directory_usa
     assert Path(os.getcwd()) == (target / "logs").resolve()
     Path("written-after.txt").write_text("x")  # a relative write lands in the published folder
     assert (target / "logs" / "written-after.txt").read_text() == "x"
+
+
+def test_only_the_leftovers_of_this_folder_are_cleaned_not_those_of_a_sibling_with_a_longer_name(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path / "pipe")
+    # pipe.v2's backup after a crash between the two renames of a filesystem without exchange: its only copy
+    sibling_backup = tmp_path / ".pipe.v2.0a1b2c3d.old"
+    sibling_backup.mkdir()
+    (sibling_backup / "checkpoint-5").mkdir()
+    tiny_ncsn().save_pretrained(tmp_path / "pipe")
+    atomic.clean_stale(tmp_path / "pipe")
+    assert (sibling_backup / "checkpoint-5").is_dir()
+    atomic.clean_stale(tmp_path / "pipe.v2")  # its own clean-up puts it back
+    assert (tmp_path / "pipe.v2" / "checkpoint-5").is_dir() and not sibling_backup.exists()
+
+
+def test_a_switch_that_fails_leaves_the_old_folder_and_no_staging(tmp_path, monkeypatch):
+    target = tmp_path / "pipe"
+    tiny_ncsn().save_pretrained(target)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    def busy(*args):
+        raise OSError(16, "Device or resource busy")  # what renaming a mount point answers
+
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+    real_rename = os.rename
+    monkeypatch.setattr(
+        os, "rename", lambda a, b: busy() if Path(b).name == "pipe" and ".partial" in str(a) else real_rename(a, b)
+    )
+    with pytest.raises(OSError, match="busy"):
+        tiny_ncsn().save_pretrained(target)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # backup renamed back
+    assert isinstance(NCSNPipeline.from_pretrained(target), NCSNPipeline)
+
+
+def test_a_mount_point_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == tmp_path.resolve())
+    with pytest.raises(ValueError, match="is a mount point.*use a folder inside it"):
+        tiny_ncsn().save_pretrained(tmp_path)
+    from hf_ddpm_ncsn.training import main
+
+    assert main("ddpm", ["--output_dir", str(tmp_path), "--max_train_steps", "1"]) == 2

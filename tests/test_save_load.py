@@ -344,3 +344,16 @@ def test_pickle_weights_of_a_variant_or_asked_for_with_use_safetensors_false_are
     loaded = DiffusionPipeline.from_pretrained(tmp_path, use_safetensors=False)
     for name, value in pipe.unet.state_dict().items():
         assert torch.equal(loaded.unet.state_dict()[name], value), name
+
+
+def test_the_loader_hook_fails_closed_when_diffusers_does_not_say_which_folder_it_loads():
+    from diffusers.pipelines import pipeline_utils
+
+    with pytest.raises(RuntimeError, match="cannot check this folder"):
+        pipeline_utils.load_sub_model(
+            library_name="diffusers", class_name="UNet2DModel", importable_classes={}, pipelines=None,
+            is_pipeline_module=False, pipeline_class=NCSNPipeline, dtype=torch.float32, provider=None,
+            sess_options=None, device_map=None, max_memory=None, offload_folder=None, offload_state_dict=False,
+            model_variants={}, name="unet", variant=None, low_cpu_mem_usage=True, cached_folder=None,
+            use_safetensors=None, provider_options=None, disable_mmap=False,
+        )  # fmt: skip

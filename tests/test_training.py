@@ -539,15 +539,17 @@ def test_a_new_learning_rate_takes_effect_in_the_resumed_run(ddpm_checkpoint, tm
     assert group["lr"] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * (3 - 2) / (4 - 2))), rel=1e-12)
 
 
-def test_the_final_save_replaces_what_described_the_previous_model(ddpm_checkpoint, tmp_path):
+def test_the_final_save_keeps_other_entries_but_describes_only_the_new_model(ddpm_checkpoint, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(ddpm_checkpoint.parent, out)  # a finished run, evaluated since
     (out / "eval").mkdir()
     (out / "eval" / "report.json").write_text(json.dumps({"model_card_metrics": {"bits_per_dim": 9.99}}))
     (out / "notes.txt").write_text("mine")
+    old_grid = (out / "samples.png").read_bytes()
     argv = ["--output_dir", str(out), "--max_train_steps", "3", *TINY_DDPM, "--resume_from_checkpoint", "latest"]
     assert main("ddpm", argv) == 0
-    assert not (out / "eval").exists() and (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine" and (out / "eval" / "report.json").is_file()  # kept
     assert "9.99" not in (out / "README.md").read_text()  # the old model's evaluation is not the new one's
+    assert (out / "samples.png").read_bytes() != old_grid
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
