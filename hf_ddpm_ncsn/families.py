@@ -93,11 +93,15 @@ class NCSNFamily:
 
     args: NCSNArguments
     name: str = "ncsn"
+    # sigma_max="auto" is read from the training images (Technique 1 of NCSNv2)
+    needs_training_images: bool = True
     # scheduler config keys that only change sampling: a resumed run may change them
     sampling_config_keys: tuple[str, ...] = ("num_langevin_steps", "step_size", "denoise_final")
 
-    def build_scheduler(self, train_images: torch.Tensor) -> NCSNScheduler:
+    def build_scheduler(self, train_images: torch.Tensor | None) -> NCSNScheduler:
         a = self.args
+        if a.sigma_max == "auto" and train_images is None:
+            raise ValueError("sigma_max='auto' needs the training images")
         sigma_max = sigma_max_from_data(train_images) if a.sigma_max == "auto" else a.sigma_max
         if sigma_max <= a.sigma_min:
             raise ValueError(f"sigma_max={sigma_max:.4g} from the data must exceed --sigma_min={a.sigma_min}")
@@ -139,6 +143,7 @@ class DDPMFamily:
 
     args: DDPMArguments
     name: str = "ddpm"
+    needs_training_images: bool = False
     # scheduler config keys that only change sampling: a resumed run may change them
     sampling_config_keys: tuple[str, ...] = (
         "clip_sample",
@@ -150,7 +155,7 @@ class DDPMFamily:
         "steps_offset",
     )
 
-    def build_scheduler(self, train_images: torch.Tensor) -> DDPMPosteriorScheduler:
+    def build_scheduler(self, train_images: torch.Tensor | None = None) -> DDPMPosteriorScheduler:
         return DDPMPosteriorScheduler(**self.args.scheduler_kwargs())
 
     def build_unet(self, config: dict[str, Any], resolution: int, channels: int) -> UNet2DModel:
