@@ -26,12 +26,8 @@ logger = logging.getLogger(__name__)
 #: Model families with a card template in `model_cards/`.
 FAMILIES = ("ncsn", "ddpm")
 
-# a wheel ships the templates inside the package (pyproject maps model_cards/ there); a source tree or an editable
-# install reads them from the top-level model_cards/
-_PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "model_cards"
-_TEMPLATE_DIR = (
-    _PACKAGED_TEMPLATES if _PACKAGED_TEMPLATES.is_dir() else Path(__file__).resolve().parent.parent / "model_cards"
-)
+# the templates are package data, so a wheel and a source tree read them from the same place
+_TEMPLATE_DIR = Path(__file__).resolve().parent / "model_cards"
 _PIPELINE_CLASSES = {"ncsn": "NCSNPipeline", "ddpm": "DDPMPosteriorPipeline"}
 _COMMON_TAGS = ["hf-ddpm-ncsn", "diffusers", "unconditional-image-generation"]
 _FAMILY_TAGS = {
@@ -102,15 +98,15 @@ def model_card_template(family: str) -> Path:
         family (`str`): `"ncsn"` or `"ddpm"`.
 
     Returns:
-        `pathlib.Path`: `model_cards/{family}.md` at the top of the repository.
+        `pathlib.Path`: `model_cards/{family}.md` inside the package.
     """
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} has no model card template; accepted values: {FAMILIES}")
     path = _TEMPLATE_DIR / f"{family}.md"
     if not path.is_file():
         raise FileNotFoundError(
-            f"Model card template {path} is missing: the templates live in model_cards/ (inside the installed "
-            "package, or at the top of a source checkout); restore the file or reinstall hf-ddpm-ncsn"
+            f"Model card template {path} is missing: the templates live in hf_ddpm_ncsn/model_cards/ (package "
+            "data); restore the file or reinstall hf-ddpm-ncsn"
         )
     return path
 

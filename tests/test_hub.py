@@ -153,7 +153,7 @@ def _closed_port_endpoint() -> str:
 @pytest.mark.parametrize("family", ["ncsn", "ddpm"])
 def test_template_lookup(family: str) -> None:
     path = model_card_template(family)
-    assert path == Path(hub.__file__).resolve().parent.parent / "model_cards" / f"{family}.md"
+    assert path == Path(hub.__file__).resolve().parent / "model_cards" / f"{family}.md"
     assert path.is_file()
     assert "{{ card_data }}" in path.read_text(encoding="utf-8")
 
