@@ -1,16 +1,22 @@
-"""Training losses, each a function of (model, scheduler, clean batch).
+"""Training losses of both families: per-sample terms, then their reduction.
 
-`model` is any callable (x, timestep) -> output; a diffusers `UNet2DModel` works as is (its `.sample` is read).
+Each `*_terms` function returns a `LossTerms`: the per-sample loss (B,) and its named parts (B,) each (the hybrid
+loss's mean-squared error and bound term separately), so training can log the parts; the `*_loss` functions are
+their batch means. `model` is any callable (x, timestep) -> output; a diffusers `UNet2DModel` works as is (its
+`.sample` is read). Both denoising losses are one formula, `noise_process.denoising_mse`, in the prediction's own
+target: NCSN's sigma_t^2 ||s + eps / sigma_t||^2 is the eps-space error ||eps_hat - eps||^2 of eps_hat = -sigma_t s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .likelihood import mean_flat, vb_terms_bpd
+from .likelihood import vb_terms_bpd
+from .schedulers.noise_process import denoising_mse
 from .schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from .schedulers.scheduling_ncsn import NCSNScheduler
 from .schedulers.validation import check_choice
@@ -26,21 +32,38 @@ def call_model(model: Callable, x: torch.Tensor, timestep: torch.Tensor) -> torc
     return out[0] if isinstance(out, tuple) else out
 
 
+@dataclass
+class LossTerms:
+    """A training loss per sample and its named parts.
+
+    Args:
+        loss (`torch.Tensor` of shape (B,)): the per-sample loss that training minimises (its mean).
+        parts (`dict[str, torch.Tensor]`): named per-sample parts, each (B,), for logging.
+    """
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def mean(self) -> torch.Tensor:
+        """The batch loss: the mean of the per-sample losses."""
+        return self.loss.mean()
+
+
 def _uniform_timesteps(num: int, batch: int, device, generator: torch.Generator | None) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
     return torch.randint(0, num, (batch,), generator=generator, device=gen_device).to(device)
 
 
-def ncsn_score_matching_loss(
+def ncsn_score_matching_terms(
     model: Callable,
     scheduler: NCSNScheduler,
     x0: torch.Tensor,
     time_embedding_type: str = "positional",
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Denoising score matching over noise levels (Song & Ermon 2019):
-    E_t E_eps sigma_t^2 ||s(x_0 + sigma_t eps, sigma_t) + eps / sigma_t||^2 with t uniform over the levels,
-    averaged over pixels (the lecture's sum divided by the dimension).
+) -> LossTerms:
+    """Denoising score matching over noise levels (Song & Ermon 2019) per sample:
+    sigma_t^2 ||s(x_0 + sigma_t eps, sigma_t) + eps / sigma_t||^2 with t uniform over the levels, averaged over
+    pixels (the lecture's sum divided by the dimension). Part: `"denoising_score_matching"`.
 
     With `prediction_type="epsilon"` (s = -eps_hat / sigma) this is exactly ||eps - eps_hat||^2, DDPM's simple loss.
 
@@ -54,33 +77,35 @@ def ncsn_score_matching_loss(
     """
     t = _uniform_timesteps(scheduler.config.num_train_timesteps, x0.shape[0], x0.device, generator)
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = scheduler.add_noise(x0, noise, t)
+    process = scheduler.noise_process
+    x_t = process.add_noise(x0, noise, t)
     output = call_model(model, x_t, scheduler.model_timestep(t, time_embedding_type).to(x0.device))
-    score = scheduler.score_from_model_output(output, t, x_t)
-    sigma = scheduler.sigma_for(t, x0)
-    # sigma^2 ||s + eps / sigma||^2 written as ||sigma s + eps||^2, which stays well scaled at small sigma
-    return mean_flat((sigma * score + noise) ** 2).mean()
+    # in eps space (sigma s + eps, not s + eps / sigma), which stays well scaled at small sigma
+    loss = denoising_mse(process.to_epsilon(output, scheduler.config.prediction_type, x_t, t), noise)
+    return LossTerms(loss, {"denoising_score_matching": loss})
 
 
-def _simple_target(
-    scheduler: DDPMPosteriorScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+def ncsn_score_matching_loss(
+    model: Callable,
+    scheduler: NCSNScheduler,
+    x0: torch.Tensor,
+    time_embedding_type: str = "positional",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    if scheduler.config.prediction_type == "epsilon":
-        return noise
-    if scheduler.config.prediction_type == "sample":
-        return x0
-    return scheduler.get_velocity(x0, noise, t)
+    """The batch mean of `ncsn_score_matching_terms` (same arguments)."""
+    return ncsn_score_matching_terms(model, scheduler, x0, time_embedding_type, generator).mean()
 
 
-def ddpm_loss(
+def ddpm_loss_terms(
     model: Callable,
     scheduler: DDPMPosteriorScheduler,
     x0: torch.Tensor,
     loss_type: str = "simple",
     vlb_weight: float = 0.001,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """DDPM training loss with t uniform over the T timesteps.
+) -> LossTerms:
+    """DDPM training loss per sample with t uniform over the T timesteps; parts `"mse"` and/or `"vlb"` (the
+    unweighted T * L_t).
 
     - `"simple"`: ||target - output||^2 averaged over pixels (Ho et al. 2020), the target being the noise, x_0 or
       v according to the scheduler's `prediction_type`.
@@ -107,14 +132,29 @@ def ddpm_loss(
     num_timesteps = scheduler.config.num_train_timesteps
     t = _uniform_timesteps(num_timesteps, x0.shape[0], x0.device, generator)
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = scheduler.add_noise(x0, noise, t)
+    process = scheduler.noise_process
+    x_t = process.add_noise(x0, noise, t)
     output = call_model(model, x_t, t)
     if loss_type == "vlb":
-        return (num_timesteps * vb_terms_bpd(scheduler, output, x0, x_t, t, clip_denoised=False)).mean()
+        vlb = num_timesteps * vb_terms_bpd(scheduler, output, x0, x_t, t, clip_denoised=False)
+        return LossTerms(vlb, {"vlb": vlb})
 
     prediction, variance = output.chunk(2, dim=1) if learned_variance else (output, None)
-    loss = mean_flat((prediction - _simple_target(scheduler, x0, noise, t)) ** 2)
-    if loss_type == "hybrid":
-        frozen = torch.cat([prediction.detach(), variance], dim=1) if learned_variance else output.detach()
-        loss = loss + vlb_weight * num_timesteps * vb_terms_bpd(scheduler, frozen, x0, x_t, t, clip_denoised=False)
-    return loss.mean()
+    mse = denoising_mse(prediction, process.target(scheduler.config.prediction_type, x0, noise, t))
+    if loss_type == "simple":
+        return LossTerms(mse, {"mse": mse})
+    frozen = torch.cat([prediction.detach(), variance], dim=1) if learned_variance else output.detach()
+    vlb = num_timesteps * vb_terms_bpd(scheduler, frozen, x0, x_t, t, clip_denoised=False)
+    return LossTerms(mse + vlb_weight * vlb, {"mse": mse, "vlb": vlb})
+
+
+def ddpm_loss(
+    model: Callable,
+    scheduler: DDPMPosteriorScheduler,
+    x0: torch.Tensor,
+    loss_type: str = "simple",
+    vlb_weight: float = 0.001,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The batch mean of `ddpm_loss_terms` (same arguments)."""
+    return ddpm_loss_terms(model, scheduler, x0, loss_type, vlb_weight, generator).mean()

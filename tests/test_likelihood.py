@@ -11,6 +11,7 @@ from hf_ddpm_ncsn.likelihood import (
     elbo_bpd,
     normal_kl,
     prior_bpd,
+    stratified_elbo_bpd,
     vb_terms_bpd,
 )
 
@@ -139,6 +140,34 @@ def test_elbo_is_the_same_whatever_the_timestep_batching():
     for other in results[1:]:  # the noise of timestep t is the t-th draw whatever the batching: the same terms
         torch.testing.assert_close(other.terms, results[0].terms, rtol=0, atol=0)
         torch.testing.assert_close(other.bits_per_dim, results[0].bits_per_dim, rtol=0, atol=0)
+
+
+def test_stratified_elbo_is_the_same_whatever_the_batching():
+    """The stratified estimate shares the full bound's loop: one noise draw per stratum, whatever the batching."""
+    s = DDPMPosteriorScheduler(num_train_timesteps=30)
+    x0 = _images(3)
+
+    def model(x_t, t):
+        return 0.3 * x_t + 0.01 * t.reshape(-1, 1, 1, 1)
+
+    results = [
+        stratified_elbo_bpd(model, s, x0, num_strata=6, generator=torch.Generator().manual_seed(0), batch_size=b)
+        for b in (3, 12, 2, None)
+    ]
+    assert (results[0].terms > 0).all() and results[0].terms.shape == (3, 6)
+    for other in results[1:]:
+        torch.testing.assert_close(other.timesteps, results[0].timesteps, rtol=0, atol=0)
+        torch.testing.assert_close(other.terms, results[0].terms, rtol=0, atol=0)
+        torch.testing.assert_close(other.bits_per_dim, results[0].bits_per_dim, rtol=0, atol=0)
+    # each term is the bound's term at the drawn timestep: the full bound's loop at the same (image, timestep, noise)
+    noise_seed = torch.Generator().manual_seed(0)
+    torch.rand(3, 6, generator=noise_seed, dtype=torch.float64)  # the strata's draw comes first
+    for k in range(6):
+        noise = torch.randn(x0.shape, generator=noise_seed)
+        t = results[0].timesteps[:, k]
+        x_t = s.add_noise(x0, noise, t)
+        expected = vb_terms_bpd(s, model(x_t, t), x0, x_t, t).double()
+        torch.testing.assert_close(results[0].terms[:, k], expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5])

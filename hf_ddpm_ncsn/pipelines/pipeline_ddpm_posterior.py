@@ -9,6 +9,7 @@ import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..folder_checks import pipeline_class_name
+from ..images import uint8_to_model
 from ..likelihood import ELBOOutput, elbo_bpd
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.validation import check_positive_int
@@ -26,7 +27,7 @@ def _as_model_input(images: torch.Tensor, unet_config) -> torch.Tensor:
     if len(images) == 0:
         raise ValueError("images is empty: pass at least one image")
     if images.dtype == torch.uint8:
-        return images.float() / 127.5 - 1
+        return uint8_to_model(images)
     if not torch.is_floating_point(images):
         raise ValueError(f"images must be uint8 or float, got {images.dtype}")
     levels = (images.double() + 1) * 127.5

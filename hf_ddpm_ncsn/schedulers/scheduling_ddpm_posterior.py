@@ -18,6 +18,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
+from .noise_process import VariancePreserving, gather
 from .validation import check_bool, check_choice, check_float_in_range, check_positive_float, check_positive_int
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -78,15 +79,6 @@ def posterior_chain(alphas_cumprod: np.ndarray, betas: np.ndarray | None = None)
         "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod),
     }
-
-
-def _extract(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
-    """values[t]: a Python float for one timestep (the cheapest operand of an elementwise op, the sampling hot
-    path), else a tensor of `like`'s dtype and device shaped (B, 1, ..., 1) to broadcast against it."""
-    if not isinstance(t, torch.Tensor) or t.ndim == 0:
-        return float(values[int(t)])
-    out = torch.from_numpy(values)[t.detach().cpu().long()].to(device=like.device, dtype=like.dtype)
-    return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _as_tensor(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -188,6 +180,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
             )
         chain = posterior_chain(np.cumprod(1.0 - betas), betas)
         self._train_chain = chain
+        self.noise_process = VariancePreserving(chain["alphas_cumprod"])
         self.betas = torch.from_numpy(chain["betas"])
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.from_numpy(chain["alphas_cumprod"])
@@ -211,21 +204,23 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """q_sample: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, per-sample `timesteps`."""
-        alpha_bar = _extract(self._train_chain["alphas_cumprod"], timesteps, original_samples)
-        return alpha_bar**0.5 * original_samples + (1.0 - alpha_bar) ** 0.5 * noise
+        return self.noise_process.add_noise(original_samples, noise, timesteps)
 
     q_sample = add_noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022), the v_prediction target."""
-        alpha_bar = _extract(self._train_chain["alphas_cumprod"], timesteps, sample)
-        return alpha_bar**0.5 * noise - (1.0 - alpha_bar) ** 0.5 * sample
+        return self.noise_process.velocity(sample, noise, timesteps)
+
+    def marginal(self, timestep: int | torch.Tensor, like: torch.Tensor) -> tuple[float | torch.Tensor, ...]:
+        """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) of q(x_t | x_0) at training timestep
+        `timestep` (see `noise_process.gather` for the shapes)."""
+        return self.noise_process.marginal(timestep, like)
 
     def q_mean_variance(self, x0: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Mean, variance and log-variance of q(x_t | x_0)."""
-        alpha_bar = _extract(self._train_chain["alphas_cumprod"], t, x0)
-        variance = _as_tensor(1.0 - alpha_bar, x0)
-        return alpha_bar**0.5 * x0, variance, variance.log()
+        variance = _as_tensor(1.0 - gather(self.noise_process.alphas_cumprod, t, x0), x0)
+        return self.noise_process.alpha(t, x0) * x0, variance, variance.log()
 
     def q_posterior_mean_variance(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
@@ -233,11 +228,11 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         """Mean mu~_t(x_t, x_0), variance beta~_t and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         chain = self._train_chain
         mean = (
-            _extract(chain["posterior_mean_coef1"], t, x_t) * x0
-            + _extract(chain["posterior_mean_coef2"], t, x_t) * x_t
+            gather(chain["posterior_mean_coef1"], t, x_t) * x0
+            + gather(chain["posterior_mean_coef2"], t, x_t) * x_t
         )
-        variance = _as_tensor(_extract(chain["posterior_variance"], t, x_t), x_t)
-        log_variance = _as_tensor(_extract(chain["posterior_log_variance_clipped"], t, x_t), x_t)
+        variance = _as_tensor(gather(chain["posterior_variance"], t, x_t), x_t)
+        log_variance = _as_tensor(gather(chain["posterior_log_variance_clipped"], t, x_t), x_t)
         return mean, variance, log_variance
 
     # ----------------------------------------------------------------------------------------------------------
@@ -246,12 +241,15 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> torch.Tensor:
         """x_0 implied by the model output under `prediction_type`, before clipping."""
-        alpha_bar = _extract(self._train_chain["alphas_cumprod"], t, x_t)
-        if self.config.prediction_type == "epsilon":
-            return (x_t - (1.0 - alpha_bar) ** 0.5 * model_output) / alpha_bar**0.5
-        if self.config.prediction_type == "sample":
-            return model_output
-        return alpha_bar**0.5 * x_t - (1.0 - alpha_bar) ** 0.5 * model_output
+        return self.noise_process.to_sample(model_output, self.config.prediction_type, x_t, t)
+
+    def score_from_model_output(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """The score grad log q_t(x_t) = -eps / sqrt(1 - alpha_bar_t) implied by the model output (its mean part
+        for learned variances): a DDPM network is a score model of the noised data."""
+        prediction, _ = self._split_variance(model_output, sample)
+        return self.noise_process.to_score(prediction, self.config.prediction_type, sample, timestep)
 
     def _split_variance(self, model_output: torch.Tensor, sample: torch.Tensor):
         learned = self.config.variance_type in ("learned", "learned_range")
@@ -288,19 +286,19 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         x0 = self.predict_start_from_model_output(eps_or_x0, x_t, t)
         x0 = self._process_x0(x0) if clip_denoised else x0
         mean = (
-            _extract(chain["posterior_mean_coef1"], position, x_t) * x0
-            + _extract(chain["posterior_mean_coef2"], position, x_t) * x_t
+            gather(chain["posterior_mean_coef1"], position, x_t) * x0
+            + gather(chain["posterior_mean_coef2"], position, x_t) * x_t
         )
         variance_type = self.config.variance_type
         if variance_type in ("fixed_small", "fixed_small_log"):
-            log_variance = _extract(chain["posterior_log_variance_clipped"], position, x_t)
+            log_variance = gather(chain["posterior_log_variance_clipped"], position, x_t)
         elif variance_type in ("fixed_large", "fixed_large_log"):
-            log_variance = _extract(chain["large_log_variance"], position, x_t)
+            log_variance = gather(chain["large_log_variance"], position, x_t)
         elif variance_type == "learned":
             log_variance = variance_values
         else:
-            min_log = _extract(chain["posterior_log_variance_clipped"], position, x_t)
-            max_log = _extract(chain["log_betas"], position, x_t)
+            min_log = gather(chain["posterior_log_variance_clipped"], position, x_t)
+            max_log = gather(chain["log_betas"], position, x_t)
             frac = (variance_values + 1.0) / 2.0
             log_variance = frac * max_log + (1.0 - frac) * min_log
         return mean, log_variance, x0

@@ -17,6 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .noise_process import VarianceExploding
 from .validation import check_bool, check_choice, check_positive_float, check_positive_int
 
 PREDICTION_TYPES = ("epsilon", "score")
@@ -42,19 +43,17 @@ class NCSNSchedulerOutput(BaseOutput):
 
     Args:
         prev_sample (`torch.Tensor`): the sample after this update, the next input of the loop.
+        pred_original_sample (`torch.Tensor`): the Tweedie estimate E[x_0 | x] = x + sigma_t^2 s of the clean
+            sample at this level, from the model output (what diffusers' schedulers return as x_0).
     """
 
     prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
 
 
 def langevin_update(sample: torch.Tensor, score: torch.Tensor, eta: float, noise: torch.Tensor) -> torch.Tensor:
     """One unadjusted Langevin step x + (eta / 2) s + sqrt(eta) z (two fused multiply-adds)."""
     return sample.add(score, alpha=0.5 * eta).add_(noise, alpha=math.sqrt(eta))
-
-
-def tweedie_denoise(sample: torch.Tensor, score: torch.Tensor, sigma: float) -> torch.Tensor:
-    """E[x_0 | x] = x + sigma^2 grad log q_sigma(x) for x = x_0 + sigma z (Tweedie's formula)."""
-    return sample.add(score, alpha=sigma**2)
 
 
 class NCSNScheduler(SchedulerMixin, ConfigMixin):
@@ -120,8 +119,8 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         sigma_min, sigma_max = checked["sigma_min"], checked["sigma_max"]
 
         log_sigmas = np.linspace(math.log(sigma_min), math.log(sigma_max), num_train_timesteps, dtype=np.float64)
-        self.sigmas = torch.from_numpy(np.exp(log_sigmas))
-        self._sigma_values = self.sigmas.tolist()  # Python floats: the per-step lookups stay off the tensor path
+        self.noise_process = VarianceExploding(np.exp(log_sigmas))
+        self.sigmas = torch.from_numpy(self.noise_process.sigmas)
         self.init_noise_sigma = float(sigma_max)
         self.set_timesteps()
 
@@ -193,27 +192,27 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
             return self.sigmas[t.cpu()].to(device=t.device, dtype=torch.float32)
         return t
 
+    def marginal(self, timestep: int | torch.Tensor, like: torch.Tensor) -> tuple[float | torch.Tensor, ...]:
+        """(alpha_t, sigma_t) = (1, sigma_t) of x_t = x_0 + sigma_t z at level index `timestep` (see
+        `noise_process.gather` for the shapes)."""
+        return self.noise_process.marginal(timestep, like)
+
     def score_from_model_output(
         self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor
     ) -> torch.Tensor:
         """The score s(x, sigma_t) implied by the model output under `prediction_type`."""
-        if self.config.prediction_type == "score":
-            return model_output
-        return model_output * (-1.0 / self.sigma_for(timestep, sample))
+        return self.noise_process.to_score(model_output, self.config.prediction_type, sample, timestep)
 
     def sigma_for(self, timestep: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
         """sigma_t: a Python float for one level, else a tensor of `like`'s dtype and device shaped (B, 1, ..., 1)
         to broadcast against it (one level per sample)."""
-        if not isinstance(timestep, torch.Tensor) or timestep.ndim == 0:
-            return self._sigma_values[int(timestep)]
-        sigma = self.sigmas[timestep.detach().cpu().long()].to(like.device, like.dtype)
-        return sigma.reshape(-1, *([1] * (like.ndim - 1)))
+        return self.noise_process.sigma(timestep, like)
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: int | torch.Tensor
     ) -> torch.Tensor:
         """x_t = x_0 + sigma_t * noise, with one level index per sample (or one for all)."""
-        return original_samples + self.sigma_for(timesteps, original_samples) * noise
+        return self.noise_process.add_noise(original_samples, noise, timesteps)
 
     def step(
         self,
@@ -234,18 +233,19 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         """
         t = int(timestep)
         score = self.score_from_model_output(model_output, t, sample)
-        sigma = self._sigma_values[t]
+        sigma = self.noise_process.sigma(t, sample)
+        x0 = sample.add(score, alpha=sigma**2)  # Tweedie: E[x_0 | x] = x + sigma^2 grad log q_sigma(x)
         is_denoise = self.config.denoise_final and self._step_index == len(self.timesteps) - 1
         if is_denoise:
-            prev_sample = tweedie_denoise(sample, score, sigma)
+            prev_sample = x0
         else:
             eta = self.step_size * (sigma / self.config.sigma_min) ** 2
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             prev_sample = langevin_update(sample, score, eta, noise)
         self._step_index = (self._step_index + 1) % len(self.timesteps)
         if not return_dict:
-            return (prev_sample,)
-        return NCSNSchedulerOutput(prev_sample=prev_sample)
+            return prev_sample, x0
+        return NCSNSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

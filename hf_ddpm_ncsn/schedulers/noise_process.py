@@ -1,0 +1,172 @@
+"""The noise processes behind both families: x_t = alpha_t x_0 + sigma_t z on a table of T levels.
+
+NCSN and DDPM are one object under two processes (Song et al. 2021): NCSN's levels are **variance exploding**
+(alpha_t = 1, sigma_t geometric), DDPM's timesteps **variance preserving** (alpha_t = sqrt(alpha_bar_t),
+sigma_t = sqrt(1 - alpha_bar_t)). Everything that only depends on (alpha_t, sigma_t) is written once here: noising,
+the per-sample table lookup, and the conversions between what a network may predict. With
+eps = (x_t - alpha_t x_0) / sigma_t and q_t the marginal density of x_t,
+
+    score = grad log q_t(x_t) ~ -eps / sigma_t                      (denoising score matching, Vincent 2011)
+    x_0   ~ (x_t - sigma_t eps) / alpha_t = (x_t + sigma_t^2 score) / alpha_t        (Tweedie's formula)
+    v     = alpha_t eps - sigma_t x_0                                 (Salimans & Ho 2022)
+
+so an eps-predicting DDPM network *is* a score model and an NCSN score network predicts eps = -sigma_t s. The
+schedulers, the losses and the likelihoods call these functions instead of writing the formulas again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .validation import check_choice
+
+#: What a network may predict, under the names diffusers' schedulers use.
+PREDICTION_TYPES = ("epsilon", "score", "sample", "v_prediction")
+
+
+def gather(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """values[t], the per-sample table lookup of every schedule.
+
+    A Python float for one level (an int or a 0-d tensor: the cheapest operand of an elementwise op, the sampling
+    hot path), else a tensor of `like`'s dtype and device shaped (B, 1, ..., 1) to broadcast against it.
+
+    Args:
+        values (`np.ndarray`): the table, one value per level.
+        t (`int` or `torch.Tensor`): a level index, or one per sample (B,).
+        like (`torch.Tensor`): the tensor the result multiplies.
+    """
+    if not isinstance(t, torch.Tensor) or t.ndim == 0:
+        return float(values[int(t)])
+    out = torch.from_numpy(values)[t.detach().cpu().long()].to(device=like.device, dtype=like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch one."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def denoising_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||prediction - target||^2 / D per sample (B,): the denoising loss of both families in its own target."""
+    return mean_flat((prediction - target) ** 2)
+
+
+class NoiseProcess:
+    """x_t = alpha_t x_0 + sigma_t z at level index t in [0, T), a larger index being more noise.
+
+    The tables are float64 (NumPy, as the schedules are computed); lookups go through `gather`.
+
+    Args:
+        alphas (`np.ndarray`): alpha_t, shape (T,).
+        sigmas (`np.ndarray`): sigma_t, shape (T,), positive.
+    """
+
+    def __init__(self, alphas: np.ndarray, sigmas: np.ndarray):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.sigmas = np.asarray(sigmas, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.sigmas)
+
+    def alpha(self, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+        """alpha_t as `gather` returns it."""
+        return gather(self.alphas, t, like)
+
+    def sigma(self, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+        """sigma_t as `gather` returns it."""
+        return gather(self.sigmas, t, like)
+
+    def marginal(self, t: int | torch.Tensor, like: torch.Tensor) -> tuple[float | torch.Tensor, ...]:
+        """(alpha_t, sigma_t) of q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I), as `gather` returns them."""
+        return self.alpha(t, like), self.sigma(t, like)
+
+    def _power(self, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        """alpha_t^2 + sigma_t^2, the total variance of x_t for unit-variance data (the v conversions divide by it)."""
+        return alpha**2 + sigma**2
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """x_t = alpha_t x_0 + sigma_t noise, one level per sample (or one for all)."""
+        alpha, sigma = self.marginal(t, x0)
+        return alpha * x0 + sigma * noise
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """v = alpha_t noise - sigma_t x_0, the v_prediction target."""
+        alpha, sigma = self.marginal(t, x0)
+        return alpha * noise - sigma * x0
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Conversions between predictions: every one goes through eps, the prediction all of them share
+    def to_epsilon(
+        self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The noise eps implied by a network output predicting `prediction_type` at (x_t, t)."""
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        alpha, sigma = self.marginal(t, x_t)
+        if prediction_type == "epsilon":
+            return output
+        if prediction_type == "score":
+            return -sigma * output
+        if prediction_type == "sample":
+            return (x_t - alpha * output) / sigma
+        return (sigma * x_t + alpha * output) / self._power(alpha, sigma)
+
+    def to_score(
+        self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The score grad log q_t(x_t) implied by the output: -eps / sigma_t."""
+        if prediction_type == "score":
+            return output
+        return self.to_epsilon(output, prediction_type, x_t, t) * (-1.0 / self.sigma(t, x_t))
+
+    def to_sample(
+        self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The x_0 estimate implied by the output (Tweedie's E[x_0 | x_t] for a score or eps model)."""
+        alpha, sigma = self.marginal(t, x_t)
+        if prediction_type == "sample":
+            return output
+        if prediction_type == "v_prediction":
+            return (alpha * x_t - sigma * output) / self._power(alpha, sigma)
+        return (x_t - sigma * self.to_epsilon(output, prediction_type, x_t, t)) / alpha
+
+    def target(
+        self, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """What a network predicting `prediction_type` should output for x_t = alpha_t x_0 + sigma_t noise."""
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "score":
+            return noise * (-1.0 / self.sigma(t, x0))
+        if prediction_type == "sample":
+            return x0
+        return self.velocity(x0, noise, t)
+
+
+class VarianceExploding(NoiseProcess):
+    """x_t = x_0 + sigma_t z (NCSN, SMLD): alpha_t = 1, the noise grows to sigma_max.
+
+    Args:
+        sigmas (`np.ndarray`): sigma_t, increasing.
+    """
+
+    def __init__(self, sigmas: np.ndarray):
+        sigmas = np.asarray(sigmas, dtype=np.float64)
+        super().__init__(np.ones_like(sigmas), sigmas)
+
+
+class VariancePreserving(NoiseProcess):
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) z (DDPM): alpha_t^2 + sigma_t^2 = 1.
+
+    Args:
+        alphas_cumprod (`np.ndarray`): alpha_bar_t, decreasing in (0, 1).
+    """
+
+    def __init__(self, alphas_cumprod: np.ndarray):
+        alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.alphas_cumprod = alphas_cumprod
+        super().__init__(np.sqrt(alphas_cumprod), np.sqrt(1.0 - alphas_cumprod))
+
+    def _power(self, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> float:
+        return 1.0  # exactly, rather than the float rounding of alpha^2 + sigma^2
