@@ -1,19 +1,26 @@
-"""What differs between training an NCSN and a DDPM: the scheduler, the UNet's conditioning, the loss and the
-pipeline. Everything else (data, loop, EMA, checkpoints, logging, sharing) lives once in `training.py`."""
+"""The family registry: everything that differs between an NCSN and a DDPM, declared once per family.
+
+A family declares its training-argument class, how it builds its scheduler and UNet, its loss, its pipeline class,
+its model card (template `model_cards/<name>.md`, tags, the scheduler keys the card lists), which scheduler keys only
+change sampling, and whether its scheduler needs the training images. Training, sharing and evaluation look a
+family up here (`get_family`, `family_of_pipeline`) instead of keeping maps of their own; everything else (data,
+loop, EMA, checkpoints, logging, sharing) is written once. Adding a family is one more `Family` subclass here
+(with its scheduler, pipeline and card template).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import UNet2DModel
 
-from .losses import ddpm_loss, ncsn_score_matching_loss
+from .losses import LossTerms, ddpm_loss_terms, ncsn_score_matching_terms
 from .ncsnv2 import langevin_step_size, sigma_max_from_data
 from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
+from .pipelines.shareable_pipeline import ShareablePipeline
 from .schedulers import DDPMPosteriorScheduler, NCSNScheduler
 from .training_args import DDPMArguments, NCSNArguments, TrainingArguments
 
@@ -87,16 +94,108 @@ def build_unet(config: dict[str, Any], resolution: int, channels: int, out_chann
     )
 
 
-@dataclass
-class NCSNFamily:
+class Family:
+    """A model family: the declarations (class attributes) and the builders (methods, given the parsed
+    family-specific arguments) the rest of the package looks up.
+
+    Args:
+        args: an instance of `arguments_class`, the family's parsed command-line arguments.
+    """
+
+    name: ClassVar[str]
+    arguments_class: ClassVar[type]
+    pipeline_class: ClassVar[type[ShareablePipeline]]
+    #: Hub tags of the model card, after the package's common ones
+    card_tags: ClassVar[tuple[str, ...]]
+    #: scheduler config keys the model card lists (the rest is in scheduler_config.json)
+    card_scheduler_keys: ClassVar[tuple[str, ...]]
+    #: scheduler config keys that only change sampling: a resumed run may change them
+    sampling_config_keys: ClassVar[tuple[str, ...]]
+    #: whether `build_scheduler` reads the training images
+    needs_training_images: ClassVar[bool]
+
+    def __init__(self, args):
+        self.args = args
+
+    def build_scheduler(self, train_images: torch.Tensor | None):
+        raise NotImplementedError
+
+    def build_unet(self, config: dict[str, Any], resolution: int, channels: int) -> UNet2DModel:
+        raise NotImplementedError
+
+    def loss_terms(self, model, scheduler, x0: torch.Tensor) -> LossTerms:
+        """The per-sample training loss and its named parts."""
+        raise NotImplementedError
+
+    def loss(self, model, scheduler, x0: torch.Tensor) -> torch.Tensor:
+        """The batch loss training minimises."""
+        return self.loss_terms(model, scheduler, x0).mean()
+
+    def pipeline(self, unet: UNet2DModel, scheduler) -> ShareablePipeline:
+        return self.pipeline_class(unet=unet, scheduler=scheduler)
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        """Sampling arguments of the trained pipeline's previews and sample grids."""
+        return {}
+
+
+#: name -> family class, in registration order
+FAMILIES: dict[str, type[Family]] = {}
+
+
+def register_family(family: type[Family]) -> type[Family]:
+    """Class decorator adding a family to `FAMILIES`; its pipeline must name it as its `model_card_family`."""
+    if family.pipeline_class.model_card_family != family.name:
+        raise ValueError(f"{family.pipeline_class.__name__}.model_card_family must be {family.name!r}")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> type[Family]:
+    """The family registered as `name`.
+
+    Raises:
+        `ValueError`: no such family; the message lists the registered ones.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"family={name!r} is not a model family; accepted values: {tuple(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of_pipeline(class_name: str) -> type[Family]:
+    """The family whose pipeline loads folders of `class_name` (model_index.json's `_class_name`).
+
+    Raises:
+        `ValueError`: no family loads that class.
+    """
+    for family in FAMILIES.values():
+        if class_name in family.pipeline_class.loadable_class_names:
+            return family
+    accepted = [name for family in FAMILIES.values() for name in family.pipeline_class.loadable_class_names]
+    raise ValueError(f"pipeline class {class_name!r} belongs to no model family; accepted values: {accepted}")
+
+
+@register_family
+class NCSNFamily(Family):
     """NCSN: denoising score matching over geometric noise levels, annealed Langevin sampling."""
 
-    args: NCSNArguments
-    name: str = "ncsn"
+    name = "ncsn"
+    arguments_class = NCSNArguments
+    pipeline_class = NCSNPipeline
+    card_tags = ("ncsn", "score-matching", "annealed-langevin-dynamics")
+    card_scheduler_keys = (
+        "num_train_timesteps",
+        "sigma_min",
+        "sigma_max",
+        "num_langevin_steps",
+        "step_size",
+        "denoise_final",
+        "prediction_type",
+    )
+    sampling_config_keys = ("num_langevin_steps", "step_size", "denoise_final")
     # sigma_max="auto" is read from the training images (Technique 1 of NCSNv2)
-    needs_training_images: bool = True
-    # scheduler config keys that only change sampling: a resumed run may change them
-    sampling_config_keys: tuple[str, ...] = ("num_langevin_steps", "step_size", "denoise_final")
+    needs_training_images = True
+    args: NCSNArguments
 
     def build_scheduler(self, train_images: torch.Tensor | None) -> NCSNScheduler:
         a = self.args
@@ -126,26 +225,29 @@ class NCSNFamily:
         extra = {"time_embedding_type": "fourier"} if self.args.conditioning == "fourier" else {}
         return build_unet(config, resolution, channels, channels, **extra)
 
-    def loss(self, model, scheduler: NCSNScheduler, x0: torch.Tensor) -> torch.Tensor:
+    def loss_terms(self, model, scheduler: NCSNScheduler, x0: torch.Tensor) -> LossTerms:
         embedding = "fourier" if self.args.conditioning == "fourier" else "positional"
-        return ncsn_score_matching_loss(model, scheduler, x0, time_embedding_type=embedding)
-
-    def pipeline(self, unet: UNet2DModel, scheduler: NCSNScheduler) -> NCSNPipeline:
-        return NCSNPipeline(unet=unet, scheduler=scheduler)
-
-    def sample_kwargs(self) -> dict[str, Any]:
-        return {}
+        return ncsn_score_matching_terms(model, scheduler, x0, time_embedding_type=embedding)
 
 
-@dataclass
-class DDPMFamily:
+@register_family
+class DDPMFamily(Family):
     """DDPM: the simple, vlb or hybrid loss, ancestral sampling."""
 
-    args: DDPMArguments
-    name: str = "ddpm"
-    needs_training_images: bool = False
-    # scheduler config keys that only change sampling: a resumed run may change them
-    sampling_config_keys: tuple[str, ...] = (
+    name = "ddpm"
+    arguments_class = DDPMArguments
+    pipeline_class = DDPMPosteriorPipeline
+    card_tags = ("ddpm", "diffusion", "score-matching")
+    card_scheduler_keys = (
+        "num_train_timesteps",
+        "beta_schedule",
+        "beta_start",
+        "beta_end",
+        "variance_type",
+        "prediction_type",
+        "clip_sample",
+    )
+    sampling_config_keys = (
         "clip_sample",
         "clip_sample_range",
         "thresholding",
@@ -154,6 +256,8 @@ class DDPMFamily:
         "timestep_spacing",
         "steps_offset",
     )
+    needs_training_images = False
+    args: DDPMArguments
 
     def build_scheduler(self, train_images: torch.Tensor | None = None) -> DDPMPosteriorScheduler:
         return DDPMPosteriorScheduler(**self.args.scheduler_kwargs())
@@ -162,16 +266,14 @@ class DDPMFamily:
         learned = self.args.variance_type in ("learned", "learned_range")
         return build_unet(config, resolution, channels, 2 * channels if learned else channels)
 
-    def loss(self, model, scheduler: DDPMPosteriorScheduler, x0: torch.Tensor) -> torch.Tensor:
-        return ddpm_loss(model, scheduler, x0, loss_type=self.args.loss_type, vlb_weight=self.args.vlb_weight)
-
-    def pipeline(self, unet: UNet2DModel, scheduler: DDPMPosteriorScheduler) -> DDPMPosteriorPipeline:
-        return DDPMPosteriorPipeline(unet=unet, scheduler=scheduler)
+    def loss_terms(self, model, scheduler: DDPMPosteriorScheduler, x0: torch.Tensor) -> LossTerms:
+        return ddpm_loss_terms(model, scheduler, x0, loss_type=self.args.loss_type, vlb_weight=self.args.vlb_weight)
 
     def sample_kwargs(self) -> dict[str, Any]:
         steps = self.args.ddpm_num_inference_steps
         return {} if steps is None else {"num_inference_steps": steps}
 
 
-def make_family(name: str, args: NCSNArguments | DDPMArguments) -> NCSNFamily | DDPMFamily:
-    return {"ncsn": NCSNFamily, "ddpm": DDPMFamily}[name](args)
+def make_family(name: str, args) -> Family:
+    """The family registered as `name`, built with its parsed arguments."""
+    return get_family(name)(args)

@@ -19,42 +19,13 @@ from .atomic import WORK_IN_PROGRESS_SUFFIXES
 from .checkpoints import ABANDONED_DIR
 from .folder_checks import PICKLE_SUFFIXES
 
-__all__ = ["FAMILIES", "HubPushError", "model_card_template", "push_folder_to_hub", "render_model_card"]
+__all__ = ["HubPushError", "model_card_template", "push_folder_to_hub", "render_model_card"]
 
 logger = logging.getLogger(__name__)
 
-#: Model families with a card template in `model_cards/`.
-FAMILIES = ("ncsn", "ddpm")
-
 # the templates are package data, so a wheel and a source tree read them from the same place
 _TEMPLATE_DIR = Path(__file__).resolve().parent / "model_cards"
-_PIPELINE_CLASSES = {"ncsn": "NCSNPipeline", "ddpm": "DDPMPosteriorPipeline"}
 _COMMON_TAGS = ["hf-ddpm-ncsn", "diffusers", "unconditional-image-generation"]
-_FAMILY_TAGS = {
-    "ncsn": ["ncsn", "score-matching", "annealed-langevin-dynamics"],
-    "ddpm": ["ddpm", "diffusion", "score-matching"],
-}
-# The scheduler keys each card describes; the rest of the config is in scheduler/scheduler_config.json.
-_SCHEDULER_KEYS = {
-    "ncsn": (
-        "num_train_timesteps",
-        "sigma_min",
-        "sigma_max",
-        "num_langevin_steps",
-        "step_size",
-        "denoise_final",
-        "prediction_type",
-    ),
-    "ddpm": (
-        "num_train_timesteps",
-        "beta_schedule",
-        "beta_start",
-        "beta_end",
-        "variance_type",
-        "prediction_type",
-        "clip_sample",
-    ),
-}
 _NOT_RECORDED = "not recorded"
 _TASK = "unconditional-image-generation"
 
@@ -100,15 +71,21 @@ def model_card_template(family: str) -> Path:
     Returns:
         `pathlib.Path`: `model_cards/{family}.md` inside the package.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r} has no model card template; accepted values: {FAMILIES}")
-    path = _TEMPLATE_DIR / f"{family}.md"
+    path = _TEMPLATE_DIR / f"{_family(family).name}.md"
     if not path.is_file():
         raise FileNotFoundError(
             f"Model card template {path} is missing: the templates live in hf_ddpm_ncsn/model_cards/ (package "
             "data); restore the file or reinstall hf-ddpm-ncsn"
         )
     return path
+
+
+def _family(name: str):
+    """The registered family `name` (see `hf_ddpm_ncsn.families`)."""
+    # imported here: the registry imports the pipelines, which import this module
+    from .families import get_family
+
+    return get_family(name)
 
 
 def render_model_card(
@@ -140,6 +117,7 @@ def render_model_card(
         `huggingface_hub.ModelCard`: the card; `card.save(folder / "README.md")` writes it.
     """
     template = model_card_template(family)
+    declared = _family(family)
     model_name = repo_id.rsplit("/", 1)[-1]
     metrics = {name: float(value) for name, value in (eval_results or {}).items()}
     yaml_results = None
@@ -157,7 +135,7 @@ def render_model_card(
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag=_TASK,
-        tags=_COMMON_TAGS + _FAMILY_TAGS[family],
+        tags=_COMMON_TAGS + list(declared.card_tags),
         datasets=[dataset] if dataset else None,
         eval_results=yaml_results,
         # huggingface_hub refuses eval results without a model name (it names the `model-index` entry).
@@ -169,8 +147,8 @@ def render_model_card(
         template_path=str(template),
         repo_id=repo_id,
         model_name=model_name,
-        pipeline_class=_PIPELINE_CLASSES[family],
-        scheduler={key: _format(scheduler_config.get(key, _NOT_RECORDED)) for key in _SCHEDULER_KEYS[family]},
+        pipeline_class=declared.pipeline_class.__name__,
+        scheduler={key: _format(scheduler_config.get(key, _NOT_RECORDED)) for key in declared.card_scheduler_keys},
         unet=_describe_unet(unet_config),
         dataset=dataset,
         training_rows=training_rows,

@@ -227,10 +227,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean mu~_t(x_t, x_0), variance beta~_t and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         chain = self._train_chain
-        mean = (
-            gather(chain["posterior_mean_coef1"], t, x_t) * x0
-            + gather(chain["posterior_mean_coef2"], t, x_t) * x_t
-        )
+        mean = gather(chain["posterior_mean_coef1"], t, x_t) * x0 + gather(chain["posterior_mean_coef2"], t, x_t) * x_t
         variance = _as_tensor(gather(chain["posterior_variance"], t, x_t), x_t)
         log_variance = _as_tensor(gather(chain["posterior_log_variance_clipped"], t, x_t), x_t)
         return mean, variance, log_variance
