@@ -26,6 +26,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNPipeline, NCSNScheduler
 from hf_ddpm_ncsn.losses import ddpm_loss
+from hf_ddpm_ncsn.unets import build_unet, default_unet_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,21 +50,10 @@ def paired_medians(ours: Callable, reference: Callable, repeats: int, device: st
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def make_unet(resolution: int, channels: tuple[int, ...], device: str, **kwargs) -> UNet2DModel:
+def make_unet(resolution: int, channels: tuple[int, ...], device: str) -> UNet2DModel:
+    """The training scripts' default UNet at these widths, one channel, seeded."""
     torch.manual_seed(0)
-    down = ("DownBlock2D",) * (len(channels) - 1) + ("AttnDownBlock2D",)
-    up = ("AttnUpBlock2D",) + ("UpBlock2D",) * (len(channels) - 1)
-    return UNet2DModel(
-        sample_size=resolution,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=channels,
-        layers_per_block=1,
-        down_block_types=down,
-        up_block_types=up,
-        norm_num_groups=8,
-        **kwargs,
-    ).to(device)
+    return build_unet(default_unet_config(channels, layers_per_block=1), resolution, 1, 1).to(device)
 
 
 def _ddpm_step_pair(args, respaced: int | None) -> tuple[float, float]:

@@ -6,21 +6,14 @@ import torch
 from diffusers import UNet2DModel
 
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNPipeline, NCSNScheduler
+from hf_ddpm_ncsn.unets import build_unet, default_unet_config
 
 
 def tiny_unet(channels: int = 1, sample_size: int = 8, out_channels: int | None = None, **kwargs) -> UNet2DModel:
+    """The package's default UNet at widths (8, 16) without attention blocks, seeded."""
     torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=sample_size,
-        in_channels=channels,
-        out_channels=out_channels or channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        **kwargs,
-    )
+    config = default_unet_config((8, 16), layers_per_block=1, attention=False)
+    return build_unet(config, sample_size, channels, out_channels or channels, **kwargs)
 
 
 def tiny_ncsn(channels: int = 1, sample_size: int = 8, fourier: bool = False) -> NCSNPipeline:
