@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -6,7 +8,8 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
-from hf_ddpm_ncsn.likelihood import elbo_bpd
+from hf_ddpm_ncsn.likelihood import elbo_bpd, stratified_elbo_bpd
+from hf_ddpm_ncsn.progress import LOG_UPDATE_INTERVAL, tqdm_kwargs
 
 
 def _seed(n: int = 0) -> torch.Generator:
@@ -116,6 +119,47 @@ def test_elbo_through_the_pipeline():
     torch.testing.assert_close(as_float.bits_per_dim, out.bits_per_dim)
     direct = elbo_bpd(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, images.float() / 127.5 - 1, _seed(), 12)
     torch.testing.assert_close(direct.terms, out.terms)
+
+
+def test_stratified_elbo_through_the_pipeline():
+    pipe = tiny_ddpm(num_train_timesteps=12)
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=_seed())
+    out = pipe.stratified_elbo(images, num_strata=4, generator=_seed())
+    assert out.terms.shape == (3, 4) and out.stratum_sizes.sum() == 12
+    direct = stratified_elbo_bpd(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, images.float() / 127.5 - 1, 4,
+                                 generator=_seed())  # fmt: skip
+    torch.testing.assert_close(out.bits_per_dim, direct.bits_per_dim, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"num_strata": 13}, "num_strata must lie in"),
+                                           ({"num_strata": 3, "spacing": "cubic"}, "spacing")])  # fmt: skip
+def test_stratified_elbo_refuses_bad_strata_before_calling_the_unet(kwargs, match):
+    pipe = tiny_ddpm(num_train_timesteps=12)
+    pipe.unet.forward = None  # any UNet call would fail with a TypeError
+    with pytest.raises(ValueError, match=match):
+        pipe.stratified_elbo(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), **kwargs)
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_bars_update_rarely_when_stderr_is_a_log(monkeypatch):
+    assert tqdm_kwargs(_Stream(True)) == {}
+    assert tqdm_kwargs(_Stream(False))["mininterval"] == LOG_UPDATE_INTERVAL
+    monkeypatch.setattr("sys.stderr", _Stream(False))
+    pipe = tiny_ddpm()
+    del pipe._progress_bar_config  # as a freshly loaded pipeline, never configured
+    pipe.progress_bar(range(2))
+    assert pipe._progress_bar_config["mininterval"] == LOG_UPDATE_INTERVAL
+    pipe.set_progress_bar_config(disable=True)  # a caller's own configuration wins
+    pipe.progress_bar(range(2))
+    assert pipe._progress_bar_config == {"disable": True}
 
 
 def test_zero_inference_steps_is_an_error_not_the_full_chain():

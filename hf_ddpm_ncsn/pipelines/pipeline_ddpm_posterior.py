@@ -10,7 +10,7 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..folder_checks import pipeline_class_name
 from ..images import uint8_to_model
-from ..likelihood import ELBOOutput, elbo_bpd
+from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.validation import check_positive_int
 from .shareable_pipeline import ShareablePipeline
@@ -111,16 +111,20 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         self.check_inputs(batch_size, generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
-
-        def model_step(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            model_output = self.unet(sample, t).sample
-            return self.scheduler.step(model_output, t, sample, generator=generator).prev_sample
-
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        sample = self._denoising_loop(sample, model_step, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
         images = self._to_output(sample, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _likelihood_inputs(self, images: torch.Tensor, generator, batch_size: int | None) -> torch.Tensor:
+        """Check the likelihood arguments (before any UNet call) and return the images as UNet inputs."""
+        x0 = _as_model_input(images, self.unet.config).to(device=self._execution_device, dtype=self.unet.dtype)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return x0
 
     @torch.no_grad()
     def elbo(
@@ -137,15 +141,44 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             batch_size (`int`, *optional*): largest number of UNet inputs per call; timesteps are batched together
                 up to it (default: one timestep per call).
         """
-        x0 = _as_model_input(images, self.unet.config).to(device=self._execution_device, dtype=self.unet.dtype)
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.unet(x_t, t).sample
-
+        x0 = self._likelihood_inputs(images, generator, batch_size)
         return elbo_bpd(
-            model_fn, self.scheduler, x0, generator=generator, batch_size=batch_size, progress=self.progress_bar
+            self.model_output,
+            self.scheduler,
+            x0,
+            generator=generator,
+            batch_size=batch_size,
+            progress=self.progress_bar,
+        )
+
+    @torch.no_grad()
+    def stratified_elbo(
+        self,
+        images: torch.Tensor,
+        num_strata: int,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        spacing: str = "log",
+    ) -> StratifiedELBOOutput:
+        """Unbiased estimate of each image's negative ELBO in bits/dim from `num_strata` stratified timesteps
+        instead of all T (see `hf_ddpm_ncsn.likelihood.stratified_elbo_bpd`).
+
+        Args:
+            images (`torch.Tensor`): (B, C, H, W) 8-bit images, as uint8 or as float scaled to [-1, 1].
+            num_strata (`int`): K, between 1 and the number of training timesteps.
+            generator (`torch.Generator`, *optional*): a CPU generator for the timesteps and the noise.
+            batch_size (`int`, *optional*): largest number of UNet inputs per call (default: B).
+            spacing (`str`, defaults to `"log"`): `"log"` or `"linear"` strata.
+        """
+        x0 = self._likelihood_inputs(images, generator, batch_size)
+        stratum_bounds(self.scheduler.config.num_train_timesteps, num_strata, spacing)  # checks K and spacing
+        return stratified_elbo_bpd(
+            self.model_output,
+            self.scheduler,
+            x0,
+            num_strata,
+            generator=generator,
+            batch_size=batch_size,
+            progress=self.progress_bar,
+            spacing=spacing,
         )

@@ -47,6 +47,11 @@ class NCSNPipeline(ShareablePipeline):
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
 
+    def _unet_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The level index, or sigma for a `time_embedding_type="fourier"` UNet (`NCSNScheduler.model_timestep`)."""
+        embedding = self.unet.config.time_embedding_type
+        return self.scheduler.model_timestep(timestep, embedding).to(self._execution_device)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -87,14 +92,8 @@ class NCSNPipeline(ShareablePipeline):
         )
         device = self._execution_device
         self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
-        embedding = self.unet.config.time_embedding_type
-
-        def model_step(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            model_output = self.unet(sample, self.scheduler.model_timestep(t, embedding).to(device)).sample
-            return self.scheduler.step(model_output, t, sample, generator=generator).prev_sample
-
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        sample = self._denoising_loop(sample, model_step, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
         images = self._to_output(sample, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

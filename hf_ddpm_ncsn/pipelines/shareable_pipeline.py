@@ -19,6 +19,7 @@ from ..diffusers_loading import finalize_saved_folder, folder_already_checked
 from ..folder_checks import check_pipeline_folder
 from ..hub import push_folder_to_hub, render_model_card
 from ..plots import image_grid
+from ..progress import tqdm_kwargs
 from ..schedulers.validation import check_choice, check_positive_int
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -265,16 +266,32 @@ class ShareablePipeline(DiffusionPipeline):
         shape = (batch_size, self.unet.config.in_channels, height, width)
         return scale * randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
 
+    def model_output(self, sample: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The UNet's output at (sample, scheduler timestep index): what the scheduler's `step`, the likelihoods
+        and the losses take. The timestep is passed as the UNet expects it (`_unet_timestep`)."""
+        return self.unet(sample, self._unet_timestep(timestep)).sample
+
+    def _unet_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The UNet's timestep input at a scheduler timestep index (the index itself by default)."""
+        return timestep
+
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' progress bar, with few updates when stderr is not a terminal (`progress.tqdm_kwargs`) unless
+        `set_progress_bar_config` was called."""
+        if not hasattr(self, "_progress_bar_config"):
+            self.set_progress_bar_config(**tqdm_kwargs())
+        return super().progress_bar(iterable=iterable, total=total)
+
     def _denoising_loop(
         self,
         sample: torch.Tensor,
-        model_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        generator,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
     ) -> torch.Tensor:
-        """Run `sample = model_step(sample, t)` over the scheduler's timesteps with a progress bar and callbacks."""
+        """Run the scheduler's `step` over its timesteps with a progress bar and callbacks."""
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            sample = model_step(sample, t)
+            sample = self.scheduler.step(self.model_output(sample, t), t, sample, generator=generator).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"sample": sample}
                 outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
