@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -29,6 +30,7 @@ from hf_ddpm_ncsn.evaluation import (
     load_pipeline,
     resize_images,
     sample_quality,
+    write_outputs,
 )
 from hf_ddpm_ncsn.feature_classifier import (
     MissingLabelsError,
@@ -42,8 +44,10 @@ from hf_ddpm_ncsn.progress import tqdm_kwargs
 from hf_ddpm_ncsn.stratified_elbo import stratified_elbo_bpd, stratified_timesteps, stratum_bounds
 
 try:  # tests/ is on sys.path with pytest's default "prepend" import mode
+    from fault_injection import crash_points
     from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 except ImportError:
+    from tests.fault_injection import crash_points
     from tests.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -445,6 +449,24 @@ def test_a_missing_inception_file_is_a_clear_error(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit):
         script.parse_args(["--pipeline", str(folder), "--num_samples", "0"])
     assert "argument --num_samples" in capsys.readouterr().err
+
+
+def test_a_crash_while_writing_the_outputs_leaves_only_complete_files(tmp_path: Path):
+    report = {"likelihood": {"terms_mean_per_timestep": [2.0, 0.5, 0.1, 0.02]}, "seed": 0}
+    samples = torch.randint(0, 256, (5, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    write_outputs(report, samples, tmp_path / "reference")
+    complete = {path.name: path.read_bytes() for path in (tmp_path / "reference").iterdir()}
+    assert set(complete) == {"report.json", "samples.png", "elbo_terms.png"}
+    folder = tmp_path / "eval"
+
+    def setup() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    for at in crash_points(setup, lambda: write_outputs(report, samples, folder)):
+        left = {path.name: path.read_bytes() for path in folder.iterdir()} if folder.is_dir() else {}
+        # report.json is written last: when it is there, every file it names is complete
+        assert all(complete[name] == content for name, content in left.items()), (at, sorted(left))
+        assert "report.json" not in left or set(left) == set(complete)
 
 
 def _evaluate_script():
