@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -14,7 +15,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
-import hf_ddpm_ncsn.evaluation as evaluation
+import hf_ddpm_ncsn.evaluation.report as evaluation_report
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
 from hf_ddpm_ncsn.evaluation import (
     INCEPTION_MISSING,
@@ -29,6 +30,7 @@ from hf_ddpm_ncsn.evaluation import (
     load_pipeline,
     resize_images,
     sample_quality,
+    write_outputs,
 )
 from hf_ddpm_ncsn.feature_classifier import (
     MissingLabelsError,
@@ -38,11 +40,14 @@ from hf_ddpm_ncsn.feature_classifier import (
     train_classifier,
 )
 from hf_ddpm_ncsn.likelihood import elbo_bpd
+from hf_ddpm_ncsn.progress import tqdm_kwargs
 from hf_ddpm_ncsn.stratified_elbo import stratified_elbo_bpd, stratified_timesteps, stratum_bounds
 
 try:  # tests/ is on sys.path with pytest's default "prepend" import mode
+    from fault_injection import crash_points
     from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 except ImportError:
+    from tests.fault_injection import crash_points
     from tests.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,7 +344,7 @@ def test_bad_sampling_arguments_are_refused_before_the_data_the_classifier_or_th
         raise AssertionError("expensive work started before the arguments were checked")
 
     for name in ("load_images", "load_or_train_classifier", "likelihood_report", "generate_samples"):
-        monkeypatch.setattr(evaluation, name, expensive)
+        monkeypatch.setattr(evaluation_report, name, expensive)  # where evaluate() looks them up
     with pytest.raises(ValueError, match=match):
         evaluate(make(), num_samples=4, batch_size=4, sample_kwargs=sample_kwargs)
 
@@ -444,6 +449,81 @@ def test_a_missing_inception_file_is_a_clear_error(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit):
         script.parse_args(["--pipeline", str(folder), "--num_samples", "0"])
     assert "argument --num_samples" in capsys.readouterr().err
+
+
+def test_a_crash_while_writing_the_outputs_leaves_only_complete_files(tmp_path: Path):
+    report = {"likelihood": {"terms_mean_per_timestep": [2.0, 0.5, 0.1, 0.02]}, "seed": 0}
+    samples = torch.randint(0, 256, (5, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    write_outputs(report, samples, tmp_path / "reference")
+    complete = {path.name: path.read_bytes() for path in (tmp_path / "reference").iterdir()}
+    assert set(complete) == {"report.json", "samples.png", "elbo_terms.png"}
+    folder = tmp_path / "eval"
+
+    def setup() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    for at in crash_points(setup, lambda: write_outputs(report, samples, folder)):
+        left = {path.name: path.read_bytes() for path in folder.iterdir()} if folder.is_dir() else {}
+        # report.json is written last: when it is there, every file it names is complete
+        assert all(complete[name] == content for name, content in left.items()), (at, sorted(left))
+        assert "report.json" not in left or set(left) == set(complete)
+
+
+def _evaluate_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--num_samples", "2", "--nmu_samples", "3"], "unrecognised arguments: --nmu_samples (did you mean"),
+        (["--dataset_name", "x", "--train_data_dir", "."], "argument --train_data_dir: not allowed with argument"),
+        (["--train_data_dir", "no-such-folder"], "argument --train_data_dir: no-such-folder is not an existing"),
+        (["--elbo_strata", "-1"], "argument --elbo_strata: must be an integer >= 0, got -1"),
+        (["--num_langevin_steps", "0"], "argument --num_langevin_steps: must be an integer >= 1, got 0"),
+        (["--batch_size", "many"], "argument --batch_size/--batch-size: invalid int value: 'many'"),
+    ],
+)
+def test_the_script_names_a_bad_or_unknown_flag_at_parse_time(tmp_path, capsys, arguments, message):
+    tiny_ncsn().save_pretrained(tmp_path / "pipe")
+    with pytest.raises(SystemExit) as exit_info:
+        _evaluate_script().parse_args(["--pipeline", str(tmp_path / "pipe"), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path / "pipe")
+    args = _evaluate_script().parse_args(["--pipeline", str(tmp_path / "pipe"), "--num_langevin_steps", "3"])
+    assert args.pipeline == str(tmp_path / "pipe")
+    assert args.evaluate_kwargs() == {
+        "dataset_name": None,
+        "train_data_dir": None,
+        "image_column": None,
+        "num_samples": 1000,
+        "num_elbo_images": None,
+        "elbo_strata": 50,
+        "batch_size": 256,
+        "seed": 0,
+        "inception_weights": None,
+        "output_dir": str(tmp_path / "pipe" / "eval"),
+        "sample_kwargs": {"num_langevin_steps": 3},
+    }
+
+
+def test_progress_bars_update_rarely_in_a_log_and_the_callers_settings_win():
+    pipe = tiny_ncsn()  # configured with disable=True
+    with evaluation_report._progress_for_logs(pipe):
+        assert pipe._progress_bar_config == {**tqdm_kwargs(), "disable": True}
+        assert tqdm_kwargs()["mininterval"] >= 10  # pytest captures stderr: not a terminal
+    assert pipe._progress_bar_config == {"disable": True}
+    del pipe._progress_bar_config
+    with evaluation_report._progress_for_logs(pipe):
+        assert pipe._progress_bar_config == tqdm_kwargs()
+    assert not hasattr(pipe, "_progress_bar_config")
 
 
 # ----------------------------------------------------------------------------------------------------------------

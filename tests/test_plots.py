@@ -1,6 +1,8 @@
-"""The PIL plots and grids used for model cards, evaluation reports and the README."""
+"""The plots (matplotlib) and grids (PIL) used for model cards, evaluation reports and the README."""
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from hf_ddpm_ncsn.plots import image_grid, line_plot
@@ -22,3 +24,25 @@ def test_line_plot_writes_a_png_with_several_series(tmp_path):
     with Image.open(path) as image:
         assert image.size == (760, 440) and image.mode == "RGB"
         assert len(set(image.getdata())) > 3  # lines and text were drawn
+
+
+def test_image_grid_takes_a_uint8_tensor_as_it_takes_the_images():
+    grey = torch.stack([torch.full((1, 8, 8), 255 * (i % 2), dtype=torch.uint8) for i in range(5)])
+    grid = image_grid(grey, min_cell=32, gap=2)
+    assert grid.mode == "L" and grid.size == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)
+    pixels = np.asarray(grid)
+    assert pixels[2 + 16, 2 + 32 + 2 + 16] == 255 and pixels[2 + 16, 2 + 16] == 0  # cells 1 and 0
+    assert pixels[0, 0] == 128 and pixels[2 + 32 + 1, 10] == 128  # the gaps
+    tiles = [Image.new("L", (8, 8), color=255 * (i % 2)) for i in range(5)]
+    assert np.array_equal(pixels, np.asarray(image_grid(tiles, min_cell=32, gap=2)))
+
+    rgb = torch.randint(0, 256, (3, 3, 4, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    grid = np.asarray(image_grid(rgb, min_cell=8, gap=1))  # 2 columns, 2 rows of 12 x 8 cells (scale 2)
+    assert grid.shape == (2 * 8 + 3, 2 * 12 + 3, 3)
+    for i, image in enumerate(rgb):
+        top, left = 1 + (i // 2) * 9, 1 + (i % 2) * 13
+        expected = image.permute(1, 2, 0).numpy().repeat(2, axis=0).repeat(2, axis=1)
+        assert np.array_equal(grid[top : top + 8, left : left + 12], expected)
+    assert (grid[0] == 128).all() and (grid[:, 13] == 128).all()  # the gaps
+    with pytest.raises(ValueError, match="uint8 tensor"):
+        image_grid(rgb.float())

@@ -1,0 +1,145 @@
+"""Command-line arguments of `scripts/evaluate.py`, parsed with `transformers.HfArgumentParser` as the training
+scripts' are: every flag is a field of `EvaluationArguments`, checked when it is parsed, and a bad value or an
+unknown flag is an error naming the flag (exit code 2) before anything is loaded."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from ..training_args import _describe_unknown
+from .loading import default_output_dir
+
+# owner/name or name, as the Hub spells repo ids
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# the smallest accepted value of each count
+_MINIMUMS = {
+    "num_samples": 2,
+    "num_elbo_images": 1,
+    "elbo_strata": 0,
+    "batch_size": 1,
+    "num_inference_steps": 1,
+    "num_langevin_steps": 1,
+}
+
+
+def _arg(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EvaluationArguments:
+    """What to evaluate, on which data, with how many images (see `hf_ddpm_ncsn.evaluation.evaluate`)."""
+
+    pipeline: str = field(
+        metadata={
+            "help": "A saved NCSNPipeline / DDPMPosteriorPipeline folder, a diffusers DDPMPipeline folder, or a Hub "
+            "repo id."
+        }
+    )
+    dataset_name: str | None = _arg(
+        None, "The training dataset (a datasets name); default: the embedded scikit-learn digits."
+    )
+    train_data_dir: str | None = _arg(
+        None, "A local image folder instead (one sub-folder per class gives the labels the classifier metrics need)."
+    )
+    image_column: str | None = _arg(None, "The image column (default: the first image feature).")
+    num_samples: int = _arg(1000, "Images to generate (at least 2).")
+    num_elbo_images: int | None = _arg(
+        None, "Held-out images whose bits/dim are computed (DDPM; default: all of them, 180 for the digits)."
+    )
+    elbo_strata: int = _arg(50, "K of the stratified ELBO estimate, one timestep per stratum and image (0 skips it).")
+    batch_size: int = _arg(256, "Images per sampling call, UNet inputs per ELBO call.")
+    seed: int = _arg(0, "Seed of sampling, ELBO noise and the baseline images.")
+    inception_weights: str | None = _arg(
+        None,
+        "A local TorchScript Inception feature extractor (float images in [0, 255], (N, 3, 299, 299) -> (N, 2048)) "
+        "to also compute FID and KID; without it they are skipped, with a note in the report.",
+    )
+    output_dir: str | None = _arg(
+        None,
+        "Where report.json, samples.png and elbo_terms.png go (default: <pipeline>/eval for a folder, eval-<name> "
+        "for a Hub repo id).",
+    )
+    num_inference_steps: int | None = _arg(
+        None, "Sampling steps (DDPM: a respaced chain; NCSN: noise levels visited); default: all trained ones."
+    )
+    num_langevin_steps: int | None = _arg(
+        None, "NCSN only: Langevin updates per noise level (default: the scheduler's)."
+    )
+
+    def __post_init__(self) -> None:
+        # in the order of the old argparse checks: the pipeline is named first when several values are wrong
+        _check_pipeline(self.pipeline)
+        if self.dataset_name is not None and self.train_data_dir is not None:
+            raise ValueError("argument --train_data_dir: not allowed with argument --dataset_name")
+        if self.train_data_dir is not None and not os.path.isdir(self.train_data_dir):
+            raise ValueError(f"argument --train_data_dir: {self.train_data_dir} is not an existing directory")
+        for name, minimum in _MINIMUMS.items():
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"argument --{name}: must be an integer >= {minimum}, got {value}")
+        if self.inception_weights is not None and not os.path.isfile(self.inception_weights):
+            raise ValueError(
+                f"argument --inception_weights: {self.inception_weights} does not exist (expected a TorchScript "
+                "feature-extractor file)"
+            )
+
+    def sample_kwargs(self) -> dict[str, int]:
+        """The sampling arguments given on the command line (the others keep the pipeline's defaults)."""
+        sampling = {"num_inference_steps": self.num_inference_steps, "num_langevin_steps": self.num_langevin_steps}
+        return {name: value for name, value in sampling.items() if value is not None}
+
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `evaluate(self.pipeline, ...)`."""
+        return {
+            "dataset_name": self.dataset_name,
+            "train_data_dir": self.train_data_dir,
+            "image_column": self.image_column,
+            "num_samples": self.num_samples,
+            "num_elbo_images": self.num_elbo_images,
+            "elbo_strata": self.elbo_strata,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "inception_weights": self.inception_weights,
+            "output_dir": self.output_dir or default_output_dir(self.pipeline),
+            "sample_kwargs": self.sample_kwargs(),
+        }
+
+
+def _check_pipeline(text: str) -> None:
+    if os.path.isdir(text):
+        if not os.path.isfile(os.path.join(text, "model_index.json")):
+            raise ValueError(
+                f"argument --pipeline: {text} has no model_index.json: it is not a saved diffusers pipeline"
+            )
+        return
+    if os.path.exists(text) or text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
+        raise ValueError(f"argument --pipeline: {text} is neither an existing pipeline folder nor a Hub repo id")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, the description (the script's docstring) as it is written."""
+
+
+def parse_evaluation_arguments(argv: list[str] | None = None, description: str | None = None) -> EvaluationArguments:
+    """Parse the arguments of `scripts/evaluate.py`; a bad value or an unknown flag exits with code 2.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments (default: `sys.argv[1:]`).
+        description (`str`, *optional*): the text `--help` shows above the flags.
+    """
+    parser = HfArgumentParser(EvaluationArguments, description=description, formatter_class=_HelpFormatter)
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_describe_unknown(unknown, parser))
+    try:
+        (arguments,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except ValueError as err:  # raised by EvaluationArguments.__post_init__, naming the flag
+        parser.error(str(err))
+    return arguments

@@ -1,0 +1,133 @@
+"""The likelihood section of an evaluation (DDPM only): test-set bits/dim from every term of the bound, and the
+unbiased stratified estimate of `hf_ddpm_ncsn.stratified_elbo`, which needs K instead of T network calls per image."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from ..images import uint8_to_model
+from ..pipelines import DDPMPosteriorPipeline
+from ..plots import line_plot
+from ..stratified_elbo import stratified_elbo_bpd
+
+NCSN_HAS_NO_ELBO = (
+    "NCSN has no ELBO: it is a score model sampled by annealed Langevin dynamics, not a latent-variable model, so "
+    "it assigns no likelihood and no bits/dim is reported."
+)
+
+
+def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float | None]:
+    """Mean over images and its standard error (None for a single image: JSON has no NaN)."""
+    values = values.double()
+    stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else None
+    return values.mean().item(), stderr
+
+
+def likelihood_report(
+    pipe: DDPMPosteriorPipeline,
+    images: torch.Tensor,
+    num_strata: int = 50,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Test-set bits/dim of a DDPM: the full ELBO and, with `num_strata` > 0, the stratified estimate.
+
+    Args:
+        pipe (`DDPMPosteriorPipeline`): the model.
+        images (`torch.Tensor`): uint8 (B, C, H, W) held-out images.
+        num_strata (`int`, defaults to 50): K of the stratified estimate (capped at T); 0 skips it.
+        batch_size (`int`, defaults to 256): UNet inputs per call.
+        seed (`int`, defaults to 0): seed of the noise.
+
+    Returns:
+        `dict`: `bits_per_dim` and its standard error over images, the mean decoder and prior terms,
+        `terms_mean_per_timestep` (T values), UNet evaluations, and `stratified` (the estimate, its standard error,
+        its difference from the full bound with the standard error of that difference, the evaluations saved).
+    """
+    num_images, num_timesteps = len(images), pipe.scheduler.config.num_train_timesteps
+    start = time.perf_counter()
+    full = pipe.elbo(images, generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
+    bits_per_dim, stderr = _mean_and_stderr(full.bits_per_dim.cpu())
+    report: dict[str, Any] = {
+        "num_images": num_images,
+        "num_timesteps": num_timesteps,
+        "bits_per_dim": bits_per_dim,
+        "bits_per_dim_stderr": stderr,
+        "decoder_bpd": full.terms[:, 0].mean().item(),
+        "prior_bpd": full.prior.mean().item(),
+        "terms_mean_per_timestep": full.terms.double().mean(dim=0).cpu().tolist(),
+        "unet_evaluations": num_images * num_timesteps,
+        "seconds": time.perf_counter() - start,
+    }
+    if num_strata > 0:
+        report["stratified"] = stratified_likelihood(
+            pipe, images, min(num_strata, num_timesteps), full.bits_per_dim.cpu(), batch_size, seed
+        )
+    return report
+
+
+def stratified_likelihood(
+    pipe: DDPMPosteriorPipeline,
+    images: torch.Tensor,
+    num_strata: int,
+    full_bits_per_dim: torch.Tensor,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The stratified estimate on the same images as the full bound, and how the two agree.
+
+    Args:
+        pipe (`DDPMPosteriorPipeline`): the model.
+        images (`torch.Tensor`): uint8 (B, C, H, W) held-out images, the full bound's.
+        num_strata (`int`): K, at most T.
+        full_bits_per_dim (`torch.Tensor`): (B,) bits/dim of the full bound, per image.
+        batch_size (`int`): UNet inputs per call.
+        seed (`int`): the full bound's seed (the estimate draws its noise from `seed + 1`).
+    """
+    start = time.perf_counter()
+    x0 = uint8_to_model(images).to(device=pipe.device, dtype=pipe.unet.dtype)
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return pipe.unet(x_t, t).sample
+
+    # a different seed from the full bound's: the two estimates must not share their noise
+    generator = torch.Generator().manual_seed(seed + 1)
+    estimate = stratified_elbo_bpd(
+        model_fn, pipe.scheduler, x0, num_strata, generator=generator, batch_size=batch_size
+    )
+    bits_per_dim, stderr = _mean_and_stderr(estimate.bits_per_dim.cpu())
+    difference, difference_stderr = _mean_and_stderr(estimate.bits_per_dim.cpu() - full_bits_per_dim.double())
+    num_images, num_timesteps = len(images), pipe.scheduler.config.num_train_timesteps
+    return {
+        "num_strata": num_strata,
+        "spacing": "log",
+        "bits_per_dim": bits_per_dim,
+        "bits_per_dim_stderr": stderr,
+        "difference_from_full": difference,
+        "difference_stderr": difference_stderr,
+        "unet_evaluations": num_images * num_strata,
+        "unet_evaluations_saved": num_images * (num_timesteps - num_strata),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def plot_elbo_terms(terms: list[float], path: str | os.PathLike) -> None:
+    """Save a line plot of the mean ELBO term per timestep index (log-scale y axis, bits/dim).
+
+    Args:
+        terms (`list[float]`): the mean term of each timestep index, `terms_mean_per_timestep` of the report.
+        path (`str` or `os.PathLike`): the PNG to write.
+    """
+    line_plot(
+        {"ELBO term": list(enumerate(terms))},
+        path,
+        title="Mean ELBO term per timestep (bits/dim, log scale)",
+        xlabel="timestep index t (0 = decoder term L_0)",
+        ylabel="bits/dim",
+        log_y=True,
+    )

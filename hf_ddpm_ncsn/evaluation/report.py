@@ -1,0 +1,378 @@
+"""`evaluate`: load the pipeline and the data, run each measurement in turn, and write the report.
+
+Each step is one small function; the measurements themselves live in `sample_quality`, `likelihood_report` and
+`inception`, the printed table in `table`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from ..atomic import atomic_write_text
+from ..data import DIGITS
+from ..json_utils import dumps
+from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
+from ..plots import image_grid, save_png
+from ..progress import tqdm_kwargs
+from ..schedulers.validation import check_positive_int
+from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
+from .inception import INCEPTION_MISSING, inception_metrics, load_inception_extractor
+from .likelihood_report import NCSN_HAS_NO_ELBO, likelihood_report, plot_elbo_terms
+from .loading import default_output_dir, load_pipeline
+from .sample_quality import check_sampling_arguments, generate_samples, sample_quality
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_SEED = 0
+GRID_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What `evaluate` was asked to measure, passed to each step."""
+
+    dataset_name: str | None
+    train_data_dir: str | None
+    image_column: str | None
+    num_samples: int
+    num_elbo_images: int | None
+    elbo_strata: int
+    batch_size: int
+    seed: int
+    sample_kwargs: dict[str, Any] = field(default_factory=dict)
+    classifier_resolution: int | None = None
+    classifier_cache_dir: str | os.PathLike | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+
+    @property
+    def source(self) -> dict[str, str | None]:
+        """The dataset arguments of `load_images`."""
+        return {
+            "dataset_name": self.dataset_name,
+            "train_data_dir": self.train_data_dir,
+            "image_column": self.image_column,
+        }
+
+    @property
+    def is_digits(self) -> bool:
+        return self.train_data_dir is None and self.dataset_name in (None, DIGITS)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The real images of an evaluation, uint8 at the pipeline's size."""
+
+    held_out: torch.Tensor
+    train: torch.Tensor
+    baseline: torch.Tensor  # as many training images as samples: the real-vs-real baseline
+
+
+def evaluate(
+    pipeline_or_path: str | os.PathLike | DiffusionPipeline,
+    *,
+    dataset_name: str | None = None,
+    train_data_dir: str | None = None,
+    image_column: str | None = None,
+    num_samples: int = 1000,
+    num_elbo_images: int | None = None,
+    elbo_strata: int = 50,
+    batch_size: int = 256,
+    seed: int = 0,
+    inception_weights: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    sample_kwargs: dict[str, Any] | None = None,
+    classifier_resolution: int | None = None,
+    classifier_cache_dir: str | os.PathLike | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> dict[str, Any]:
+    """Evaluate a pipeline on the held-out split of its dataset and write the report (see `hf_ddpm_ncsn.evaluation`).
+
+    Args:
+        pipeline_or_path (`str`, `os.PathLike` or `DiffusionPipeline`): an NCSN / DDPM pipeline, a saved folder
+            (ours or diffusers' `DDPMPipeline`) or a Hub repo id.
+        dataset_name (`str`, *optional*): the training data, as for training (default: the embedded digits).
+        train_data_dir (`str`, *optional*): a local image folder instead.
+        image_column (`str`, *optional*): the image column.
+        num_samples (`int`, defaults to 1000): images to generate.
+        num_elbo_images (`int`, *optional*): held-out images for the likelihood (default: all of them).
+        elbo_strata (`int`, defaults to 50): K of the stratified ELBO estimate; 0 skips it.
+        batch_size (`int`, defaults to 256): images per sampling call, UNet inputs per ELBO call.
+        seed (`int`, defaults to 0): seed of sampling, of the ELBO noise and of the baseline's training images.
+        inception_weights (`str` or `os.PathLike`, *optional*): a local Inception feature extractor (see
+            `load_inception_extractor`); without it FID is skipped, with a message saying so.
+        output_dir (`str` or `os.PathLike`, *optional*): where to write `report.json`, `samples.png` and
+            `elbo_terms.png` (default: `default_output_dir` for a path; nothing is written for a pipeline object).
+        sample_kwargs (`dict`, *optional*): extra sampling arguments, e.g. `num_inference_steps`,
+            `num_langevin_steps` (NCSN).
+        classifier_resolution (`int`, *optional*): input size of the feature classifier (default: 8 for the digits,
+            their native size; otherwise the pipeline's sample size, at most 32).
+        classifier_cache_dir (`str` or `os.PathLike`, *optional*): the classifier cache (see
+            `hf_ddpm_ncsn.evaluation.feature_classifier`).
+        kid_subsets (`int`, defaults to 100): subsets of the kernel distances.
+        kid_subset_size (`int`, defaults to 1000): subset size of the kernel distances.
+
+    Returns:
+        `dict`: the report; `report["model_card_metrics"]` is a flat dict of the headline numbers.
+    """
+    _check_counts(num_samples, batch_size, elbo_strata, num_elbo_images)
+    # loaded first: a wrong path fails before minutes of sampling
+    extractor = None if inception_weights is None else load_inception_extractor(inception_weights)
+    started = time.perf_counter()
+    pipe = load_pipeline(pipeline_or_path)
+    settings = _Settings(
+        dataset_name=dataset_name,
+        train_data_dir=train_data_dir,
+        image_column=image_column,
+        num_samples=num_samples,
+        num_elbo_images=num_elbo_images,
+        elbo_strata=elbo_strata,
+        batch_size=batch_size,
+        seed=seed,
+        sample_kwargs=dict(sample_kwargs or {}),
+        classifier_resolution=classifier_resolution,
+        classifier_cache_dir=classifier_cache_dir,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+    )
+    check_sampling_arguments(pipe, batch_size, settings.sample_kwargs)  # before the data, the classifier, the ELBO
+    if output_dir is None and not isinstance(pipeline_or_path, DiffusionPipeline):
+        output_dir = default_output_dir(pipeline_or_path)
+    with _progress_for_logs(pipe):
+        report, samples = _measure(pipeline_or_path, pipe, settings, extractor, inception_weights)
+    report["timings"]["total"] = time.perf_counter() - started
+    report["model_card_metrics"] = model_card_metrics(report)
+    if output_dir is not None:
+        report["files"] = write_outputs(report, samples, output_dir)
+    return report
+
+
+def _check_counts(num_samples: int, batch_size: int, elbo_strata: int, num_elbo_images: int | None) -> None:
+    check_positive_int("num_samples", num_samples, minimum=2)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("elbo_strata", elbo_strata, minimum=0)
+    if num_elbo_images is not None:
+        check_positive_int("num_elbo_images", num_elbo_images)
+
+
+@contextmanager
+def _progress_for_logs(pipe: DiffusionPipeline) -> Iterator[None]:
+    """Give the pipeline's progress bars (sampling, ELBO) few updates when stderr is a log (`tqdm_kwargs`) for the
+    evaluation only. Settings the caller gave the pipeline win, and are put back afterwards (diffusers keeps them
+    in `_progress_bar_config`, which `set_progress_bar_config` replaces as a whole)."""
+    had_config = hasattr(pipe, "_progress_bar_config")
+    previous = getattr(pipe, "_progress_bar_config", {})
+    pipe.set_progress_bar_config(**{**tqdm_kwargs(), **previous})
+    try:
+        yield
+    finally:
+        if had_config:
+            pipe._progress_bar_config = previous
+        else:
+            del pipe._progress_bar_config
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the seconds the block took as `timings[name]`."""
+    tick = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - tick
+
+
+def _measure(
+    pipeline_or_path: str | os.PathLike | DiffusionPipeline,
+    pipe: DDPMPosteriorPipeline | NCSNPipeline,
+    settings: _Settings,
+    extractor: torch.nn.Module | None,
+    inception_weights: str | os.PathLike | None,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Every measurement of `evaluate`, in order; returns the report (without the totals) and the samples."""
+    timings: dict[str, float] = {}
+    resolution, channels = _image_shape(pipe)
+    with _timed(timings, "load_data"):
+        data = _load_data(settings, resolution, channels)
+    report = _header(pipeline_or_path, pipe, settings, data)
+    with _timed(timings, "classifier"):
+        classifier_resolution = settings.classifier_resolution or (8 if settings.is_digits else min(resolution, 32))
+        classifier, report["classifier"] = _classifier(settings, classifier_resolution, channels)
+    if isinstance(pipe, DDPMPosteriorPipeline):
+        with _timed(timings, "likelihood"):
+            report["likelihood"] = _likelihood(pipe, data.held_out, settings)
+    else:
+        report["likelihood"] = {"skipped": NCSN_HAS_NO_ELBO}
+    with _timed(timings, "sampling"):
+        logger.info("sampling %d images", settings.num_samples)
+        samples = generate_samples(
+            pipe, settings.num_samples, settings.batch_size, settings.seed, **settings.sample_kwargs
+        )
+    with _timed(timings, "sample_quality"):
+        report["sample_quality"] = _sample_quality(samples, data, classifier, settings)
+    if extractor is None:
+        report["inception"] = {"skipped": INCEPTION_MISSING}
+        logger.warning(INCEPTION_MISSING)
+    else:
+        with _timed(timings, "inception"):
+            report["inception"] = _inception(extractor, inception_weights, samples, data, settings)
+    report["timings"] = timings
+    return report, samples
+
+
+def _image_shape(pipe: DDPMPosteriorPipeline | NCSNPipeline) -> tuple[int, int]:
+    """The resolution and channels of the pipeline's images."""
+    size = pipe.unet.config.sample_size
+    return (size if isinstance(size, int) else size[0]), pipe.unet.config.in_channels
+
+
+def _load_data(settings: _Settings, resolution: int, channels: int) -> _Data:
+    """The held-out and training images at the pipeline's size, and the baseline's training images."""
+    logger.info("loading the held-out and training images at %d px", resolution)
+    held_out, _ = load_images(**settings.source, split="test", resolution=resolution, channels=channels)
+    train, _ = load_images(**settings.source, split="train", resolution=resolution, channels=channels)
+    baseline_rows = np.random.default_rng(settings.seed).permutation(len(train))[: settings.num_samples]
+    return _Data(held_out=held_out, train=train, baseline=train[np.sort(baseline_rows)])
+
+
+def _header(
+    pipeline_or_path: str | os.PathLike | DiffusionPipeline,
+    pipe: DDPMPosteriorPipeline | NCSNPipeline,
+    settings: _Settings,
+    data: _Data,
+) -> dict[str, Any]:
+    """The report's first entries: what was evaluated, on which data, how many images."""
+    return {
+        "pipeline": str(pipeline_or_path) if not isinstance(pipeline_or_path, DiffusionPipeline) else None,
+        "pipeline_class": type(pipe).__name__,
+        "dataset": settings.train_data_dir or settings.dataset_name or DIGITS,
+        "seed": settings.seed,
+        "sample_kwargs": dict(settings.sample_kwargs),
+        "counts": {
+            "samples": settings.num_samples,
+            "held_out": len(data.held_out),
+            "train": len(data.train),
+            "baseline_train_images": len(data.baseline),
+        },
+    }
+
+
+def _classifier(
+    settings: _Settings, resolution: int, channels: int
+) -> tuple[FeatureClassifier | None, dict[str, Any]]:
+    """The dataset's feature classifier and its report section, or None and why it is missing."""
+    try:
+        classifier = load_or_train_classifier(
+            dataset_name=settings.dataset_name or DIGITS,
+            train_data_dir=settings.train_data_dir,
+            image_column=settings.image_column,
+            resolution=resolution,
+            channels=channels,
+            # fixed, not the evaluation seed: every evaluation of a dataset measures in the same feature space
+            seed=CLASSIFIER_SEED,
+            cache_dir=settings.classifier_cache_dir,
+        )
+    except MissingLabelsError as err:
+        logger.warning("classifier metrics skipped: %s", err)
+        return None, {"skipped": str(err)}
+    keys = ("held_out_accuracy", "train_seconds", "num_train_images", "num_held_out_images", "cache_file")
+    section = {key: classifier.info[key] for key in keys}
+    section.update(resolution=resolution, feature_dim=classifier.config["feature_dim"], seed=CLASSIFIER_SEED)
+    return classifier, section
+
+
+def _likelihood(pipe: DDPMPosteriorPipeline, held_out: torch.Tensor, settings: _Settings) -> dict[str, Any]:
+    elbo_images = held_out[: settings.num_elbo_images or len(held_out)]
+    logger.info("bits/dim of %d held-out images (every ELBO term, then stratified)", len(elbo_images))
+    return likelihood_report(pipe, elbo_images, settings.elbo_strata, settings.batch_size, settings.seed)
+
+
+def _sample_quality(
+    samples: torch.Tensor, data: _Data, classifier: FeatureClassifier | None, settings: _Settings
+) -> dict[str, Any]:
+    return sample_quality(
+        samples,
+        data.held_out,
+        data.baseline,
+        classifier,
+        train=data.train,
+        kid_subsets=settings.kid_subsets,
+        kid_subset_size=settings.kid_subset_size,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+    )
+
+
+def _inception(
+    extractor: torch.nn.Module,
+    inception_weights: str | os.PathLike,
+    samples: torch.Tensor,
+    data: _Data,
+    settings: _Settings,
+) -> dict[str, Any]:
+    metrics = inception_metrics(
+        extractor, samples, data.held_out, data.baseline, settings.kid_subsets, settings.kid_subset_size, settings.seed
+    )
+    return {"feature_extractor": str(inception_weights), **metrics}
+
+
+def model_card_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a report as a flat name -> float dict, for the model card.
+
+    Args:
+        report (`dict`): a report of `evaluate`.
+    """
+    elbo, quality = report.get("likelihood", {}), report.get("sample_quality", {})
+    metrics = {
+        "bits_per_dim": elbo.get("bits_per_dim"),
+        "bits_per_dim_stratified": elbo.get("stratified", {}).get("bits_per_dim"),
+        "classifier_held_out_accuracy": report.get("classifier", {}).get("held_out_accuracy"),
+        **{
+            name: quality.get(name)
+            for name in (
+                "classifier_frechet_distance",
+                "classifier_frechet_distance_real_baseline",
+                "classifier_kid",
+                "classifier_kid_real_baseline",
+                "class_coverage",
+                "class_coverage_real_baseline",
+            )
+        },
+        "nearest_train_distance_ratio": quality.get("nearest_train_distance", {}).get("ratio", {}).get("median"),
+        "inception_fid": report.get("inception", {}).get("fid"),
+        "inception_fid_real_baseline": report.get("inception", {}).get("fid_real_baseline"),
+    }
+    return {name: float(value) for name, value in metrics.items() if value is not None}
+
+
+def write_outputs(report: dict[str, Any], samples: torch.Tensor, output_dir: str | os.PathLike) -> dict[str, str]:
+    """Write samples.png, elbo_terms.png (when there are ELBO terms) and report.json (last), each atomically.
+
+    Args:
+        report (`dict`): a report of `evaluate`.
+        samples (`torch.Tensor`): uint8 (N, C, H, W) samples; the first `GRID_IMAGES` go into samples.png.
+        output_dir (`str` or `os.PathLike`): the folder to write into (created if missing).
+
+    Returns:
+        `dict`: name -> path of each file written.
+    """
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"report": str(folder / "report.json"), "samples": str(folder / "samples.png")}
+    save_png(image_grid(samples[:GRID_IMAGES]), files["samples"])
+    terms = report["likelihood"].get("terms_mean_per_timestep")
+    if terms is not None:
+        files["elbo_terms"] = str(folder / "elbo_terms.png")
+        plot_elbo_terms(terms, files["elbo_terms"])
+    atomic_write_text(files["report"], dumps({**report, "files": files}, indent=2))
+    return files

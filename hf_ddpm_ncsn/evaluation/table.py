@@ -1,0 +1,101 @@
+"""The printed table of an evaluation report: the headline numbers, each beside its real-vs-real baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_Row = tuple[str, str, str]
+
+
+def _number(value: float | None, spread: float | None = None) -> str:
+    if value is None:
+        return ""
+    text = f"{value:.4g}"
+    return text if spread is None else f"{text} ± {spread:.2g}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A short aligned table of the headline numbers, each beside its real-vs-real baseline.
+
+    Args:
+        report (`dict`): a report of `evaluate`.
+    """
+    elbo, quality = report.get("likelihood", {}), report.get("sample_quality", {})
+    classifier, inception = report.get("classifier", {}), report.get("inception", {})
+    rows: list[_Row] = [("metric", "value", "real-vs-real baseline")]
+    rows += _likelihood_rows(elbo)
+    rows += _classifier_rows(quality, classifier)
+    rows += _memorisation_rows(quality)
+    rows += _inception_rows(inception)
+    notes = [section["skipped"] for section in (elbo, classifier, inception) if "skipped" in section]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join([_heading(report), *table, *(f"note: {note}" for note in notes)])
+
+
+def _heading(report: dict[str, Any]) -> str:
+    counts = report.get("counts", {})
+    return (
+        f"Evaluation of {report.get('pipeline') or 'a pipeline'} ({report.get('pipeline_class')}) on "
+        f"{report.get('dataset')}, seed {report.get('seed')}: {counts.get('samples')} samples vs "
+        f"{counts.get('held_out')} held-out images; baseline: {counts.get('baseline_train_images')} training images"
+    )
+
+
+def _likelihood_rows(elbo: dict[str, Any]) -> list[_Row]:
+    if "bits_per_dim" not in elbo:
+        return []
+    name = f"bits_per_dim (full ELBO, {elbo['num_images']} held-out images, T={elbo['num_timesteps']})"
+    rows = [(name, _number(elbo["bits_per_dim"], elbo["bits_per_dim_stderr"]), "")]
+    stratified = elbo.get("stratified")
+    if stratified is not None:
+        name = f"bits_per_dim_stratified (K={stratified['num_strata']}, difference to full"
+        name += f" {_number(stratified['difference_from_full'], stratified['difference_stderr'])})"
+        rows.append((name, _number(stratified["bits_per_dim"], stratified["bits_per_dim_stderr"]), ""))
+    return rows
+
+
+def _classifier_rows(quality: dict[str, Any], classifier: dict[str, Any]) -> list[_Row]:
+    rows: list[_Row] = []
+    if "classifier_frechet_distance" in quality:
+        rows += [
+            (
+                "classifier_frechet_distance",
+                _number(quality["classifier_frechet_distance"]),
+                _number(quality["classifier_frechet_distance_real_baseline"]),
+            ),
+            (
+                "classifier_kid",
+                _number(quality["classifier_kid"], quality["classifier_kid_std"]),
+                _number(quality["classifier_kid_real_baseline"], quality["classifier_kid_real_baseline_std"]),
+            ),
+            (
+                "class_coverage (entropy / log K)",
+                _number(quality["class_coverage"]),
+                _number(quality["class_coverage_real_baseline"]),
+            ),
+        ]
+    if "held_out_accuracy" in classifier:
+        rows.append(("classifier held-out accuracy", _number(classifier["held_out_accuracy"]), ""))
+    return rows
+
+
+def _memorisation_rows(quality: dict[str, Any]) -> list[_Row]:
+    nearest = quality.get("nearest_train_distance")
+    if nearest is None:
+        return []
+    name = f"nearest_train_distance median (ratio {_number(nearest['ratio']['median'])})"
+    return [(name, _number(nearest["samples"]["median"]), _number(nearest["held_out"]["median"]))]
+
+
+def _inception_rows(inception: dict[str, Any]) -> list[_Row]:
+    if "fid" not in inception:
+        return []
+    return [
+        ("inception_fid", _number(inception["fid"]), _number(inception["fid_real_baseline"])),
+        (
+            "inception_kid",
+            _number(inception["kid"], inception["kid_std"]),
+            _number(inception["kid_real_baseline"], inception["kid_real_baseline_std"]),
+        ),
+    ]
