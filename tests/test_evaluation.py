@@ -39,9 +39,8 @@ from hf_ddpm_ncsn.feature_classifier import (
     load_or_train_classifier,
     train_classifier,
 )
-from hf_ddpm_ncsn.likelihood import elbo_bpd
+from hf_ddpm_ncsn.likelihood import elbo_bpd, stratified_elbo_bpd, stratified_timesteps, stratum_bounds
 from hf_ddpm_ncsn.progress import tqdm_kwargs
-from hf_ddpm_ncsn.stratified_elbo import stratified_elbo_bpd, stratified_timesteps, stratum_bounds
 
 try:  # tests/ is on sys.path with pytest's default "prepend" import mode
     from fault_injection import crash_points

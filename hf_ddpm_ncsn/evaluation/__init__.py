@@ -3,7 +3,7 @@
 `evaluate` runs everything and writes `report.json`, `samples.png` and (DDPM) `elbo_terms.png`:
 
 - **Likelihood** (DDPM only; NCSN has no ELBO): test-set bits/dim from every term of the bound
-  (`DDPMPosteriorPipeline.elbo`), and the unbiased stratified estimate of `hf_ddpm_ncsn.stratified_elbo`
+  (`DDPMPosteriorPipeline.elbo`), and the unbiased stratified estimate of `hf_ddpm_ncsn.likelihood`
   (log-spaced strata), which needs K instead of T network calls per image.
 - **Sample quality without a network**: a Fréchet distance and a kernel distance (KID's estimator) in the feature
   space of a classifier trained on the dataset's train split (`feature_classifier`), and the class coverage of the

@@ -1,5 +1,6 @@
 """The likelihood section of an evaluation (DDPM only): test-set bits/dim from every term of the bound, and the
-unbiased stratified estimate of `hf_ddpm_ncsn.stratified_elbo`, which needs K instead of T network calls per image."""
+unbiased stratified estimate (`hf_ddpm_ncsn.likelihood.stratified_elbo_bpd`), which needs K instead of T network
+calls per image."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from typing import Any
 
 import torch
 
-from ..images import uint8_to_model
 from ..pipelines import DDPMPosteriorPipeline
 from ..plots import line_plot
-from ..stratified_elbo import stratified_elbo_bpd
 
 NCSN_HAS_NO_ELBO = (
     "NCSN has no ELBO: it is a score model sampled by annealed Langevin dynamics, not a latent-variable model, so "
@@ -90,16 +89,9 @@ def stratified_likelihood(
         seed (`int`): the full bound's seed (the estimate draws its noise from `seed + 1`).
     """
     start = time.perf_counter()
-    x0 = uint8_to_model(images).to(device=pipe.device, dtype=pipe.unet.dtype)
-
-    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return pipe.unet(x_t, t).sample
-
     # a different seed from the full bound's: the two estimates must not share their noise
     generator = torch.Generator().manual_seed(seed + 1)
-    estimate = stratified_elbo_bpd(
-        model_fn, pipe.scheduler, x0, num_strata, generator=generator, batch_size=batch_size
-    )
+    estimate = pipe.stratified_elbo(images, num_strata, generator=generator, batch_size=batch_size)
     bits_per_dim, stderr = _mean_and_stderr(estimate.bits_per_dim.cpu())
     difference, difference_stderr = _mean_and_stderr(estimate.bits_per_dim.cpu() - full_bits_per_dim.double())
     num_images, num_timesteps = len(images), pipe.scheduler.config.num_train_timesteps
