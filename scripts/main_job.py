@@ -23,41 +23,10 @@ from hf_ddpm_ncsn.plots import line_plot
 from hf_ddpm_ncsn.training import main as train
 from hf_ddpm_ncsn.training import write_model_card
 
-# settings measured to give recognisable digits within the time budget on 2 CPU cores (see README, "Results")
-COMMON = [
-    "--resolution", "8", "--center_crop", "true", "--block_out_channels", "32", "64", "64", "--layers_per_block", "1",
-    "--train_batch_size", "64", "--max_train_steps", "2000", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
-    "--lr_warmup_steps", "100", "--ema_max_decay", "0.999", "--ema_power", "0.75", "--checkpointing_steps", "500",
-    "--checkpoints_total_limit", "1", "--num_preview_images", "64", "--logger", "tensorboard",
-]  # fmt: skip
-FAMILIES = {
-    # 20 levels from 0.01 to the data's largest pairwise distance (NCSNv2), 15 Langevin steps per level
-    "ncsn": [
-        "--num_noise_levels",
-        "20",
-        "--sigma_min",
-        "0.01",
-        "--sigma_max",
-        "auto",
-        "--conditioning",
-        "fourier",
-        "--num_langevin_steps",
-        "15",
-        "--step_size",
-        "4e-5",
-    ],  # fmt: skip
-    # the T = 1000 linear schedule compressed to T = 250 (betas x 4): the same alpha_bar_T, a quarter of the cost
-    "ddpm": [
-        "--ddpm_num_steps",
-        "250",
-        "--ddpm_beta_schedule",
-        "linear",
-        "--beta_start",
-        "4e-4",
-        "--beta_end",
-        "0.08",
-    ],
-}
+# the training settings of each family, measured to give recognisable digits within the time budget on 2 CPU cores
+# (see README, "Results"): one complete YAML file per family, read by the training scripts' --config
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "main_job"
+FAMILIES = ("ncsn", "ddpm")
 EVALUATION = {"num_samples": 500, "elbo_strata": 25}
 # --quick: the same job with a tiny UNet and a few steps, to check the whole path in about a minute
 QUICK_TRAIN = ["--max_train_steps", "30", "--block_out_channels", "8", "16", "--num_preview_images", "16",
@@ -66,11 +35,17 @@ QUICK_FAMILY = {"ncsn": ["--num_langevin_steps", "3"], "ddpm": ["--ddpm_num_step
 QUICK_EVALUATION = {"num_samples": 64, "elbo_strata": 5, "num_elbo_images": 32, "kid_subset_size": 64}
 
 
+def train_argv(family: str, output_dir: Path, quick: bool) -> list[str]:
+    """The training arguments of `family`: its config file, the --quick overrides, the output folder."""
+    quick_argv = QUICK_TRAIN + QUICK_FAMILY[family] if quick else []
+    return ["--config", str(CONFIGS / f"{family}.yaml"), *quick_argv, "--output_dir", str(output_dir)]
+
+
 def run(output_dir: Path, quick: bool) -> dict:
     summary: dict = {}
-    for family, extra in FAMILIES.items():
+    for family in FAMILIES:
         out = output_dir / family
-        argv = COMMON + extra + (QUICK_TRAIN + QUICK_FAMILY[family] if quick else []) + ["--output_dir", str(out)]
+        argv = train_argv(family, out, quick)
         start = time.perf_counter()
         if train(family, argv) != 0:
             raise SystemExit(f"training the {family} failed; see the log above")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train a NCSN pipeline: `python scripts/train_ncsn.py --help`, or under `accelerate launch`.
 
-Every argument may also come from a JSON or YAML file: `--config args.json` (the command line wins).
+Every argument may also come from a YAML (or JSON) file of argument names and values, e.g.
+`--config configs/main_job/ncsn.yaml`; flags on the command line override it.
 """
 
 import sys

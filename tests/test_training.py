@@ -30,8 +30,9 @@ TINY_DDPM = TINY + ["--ddpm_num_steps", "20"]
 TINY_NCSN = TINY + ["--num_noise_levels", "4", "--num_langevin_steps", "2"]
 
 
-# one thread everywhere: bit-identical comparisons need the same float reduction order in every process
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# one thread everywhere: bit-identical comparisons need the same float reduction order in every process; every
+# process writes its report (digests of its first batch and final weights: process_report.py)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DDPM_NCSN_PROCESS_REPORT": "1"}
 
 
 def run_script(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -168,6 +169,41 @@ def test_a_failed_push_keeps_the_local_output(tmp_path, hub_server):
             f"test-user/fail-{uuid.uuid4().hex[:8]}", "--hub_token", "hf_x"]  # fmt: skip
     assert main("ddpm", argv) == 1
     assert (out / "model_index.json").is_file() and (out / "README.md").is_file()
+
+
+def test_only_a_family_that_needs_them_reads_training_images_to_build_its_scheduler(tmp_path, monkeypatch):
+    import hf_ddpm_ncsn.training.build as build
+
+    iterations, stacked = [], []
+
+    class CountingLoader(torch.utils.data.DataLoader):
+        def __iter__(self):  # the loader before accelerate.prepare: only the scheduler's images read it
+            iterations.append(1)
+            return super().__iter__()
+
+    def counting_dataloader(*args, **kwargs):
+        loader = make_dataloader(*args, **kwargs)
+        loader.__class__ = CountingLoader
+        return loader
+
+    def counting_stack(dataloader, limit):
+        stacked.append(limit)
+        return stack_images(dataloader, limit)
+
+    make_dataloader, stack_images = build.make_dataloader, build.stack_images
+    monkeypatch.setattr(build, "make_dataloader", counting_dataloader)
+    monkeypatch.setattr(build, "stack_images", counting_stack)
+    assert main("ddpm", [*_short_run(tmp_path / "ddpm"), *TINY_DDPM, "--num_preview_images", "1"]) == 0
+    assert iterations == [] and stacked == []  # DDPM's schedule does not depend on the data
+    assert main("ncsn", [*_short_run(tmp_path / "ncsn"), *TINY_NCSN, "--num_preview_images", "1"]) == 0
+    assert iterations == [1] and stacked == [build.MAX_POINTS_FOR_SIGMA_MAX]  # NCSN's sigma_max="auto" does
+
+
+def test_no_process_report_is_written_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_DDPM_NCSN_PROCESS_REPORT", raising=False)
+    out = tmp_path / "out"
+    assert main("ddpm", ["--output_dir", str(out), "--max_train_steps", "1", *TINY_DDPM]) == 0
+    assert (out / "model_index.json").is_file() and not list(out.rglob("process-*.json"))
 
 
 # --- errors before training starts ------------------------------------------------------------------------------

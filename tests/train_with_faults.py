@@ -12,10 +12,10 @@ import runpy
 import signal
 import sys
 
-import hf_ddpm_ncsn.training as training
+import hf_ddpm_ncsn.training.saving as saving  # the module whose save_checkpoint calls publish_checkpoint
 
 when, step, script, *argv = sys.argv[1:]
-publish = training.publish_checkpoint
+publish = saving.publish_checkpoint
 
 
 def publish_with_a_crash(staging, output_dir, global_step):
@@ -29,6 +29,6 @@ def publish_with_a_crash(staging, output_dir, global_step):
     return final
 
 
-training.publish_checkpoint = publish_with_a_crash
+saving.publish_checkpoint = publish_with_a_crash
 sys.argv = [script, *argv]
 runpy.run_path(script, run_name="__main__")

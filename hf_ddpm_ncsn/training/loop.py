@@ -1,0 +1,185 @@
+"""The training loop: one optimisation step after another, with logging, checkpoints and previews at their steps,
+then the summary and the final save.
+
+One CPU, several GPUs or several nodes: the same code under `accelerate launch`. On a machine without CUDA the
+Accelerator is built with `cpu=True`, so `accelerate launch --multi_gpu --num_processes N` forms one gloo group of
+N processes instead of N unrelated runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from ..progress import tqdm_kwargs
+from .build import TrainingRun, build_run
+from .checkpoints import list_checkpoints
+from .process_report import digest, process_report_enabled, write_process_report
+from .processes import build_accelerator, on_main_process
+from .saving import finish, prepare_output_dir, preview, save_checkpoint
+
+if TYPE_CHECKING:
+    from ..families import DDPMFamily, NCSNFamily
+    from .arguments import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops before anything is saved from the broken weights."""
+
+
+@dataclass
+class TrainingSummary:
+    """What a finished run reports (also written to `<output_dir>/metrics.json`)."""
+
+    family: str
+    global_step: int
+    num_processes: int
+    final_loss: float | None  # the last step's loss (of the checkpoint when a resumed run had no step left)
+    wall_time_s: float
+    images_per_second: float | None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)  # the steps this process ran
+    pushed_to: str | None = None
+
+
+def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingSummary:
+    """Train `family` on the data of `args`, then save (and push) the EMA pipeline with a model card.
+
+    Args:
+        args (`TrainingArguments`): data, optimisation, checkpoints, logging and sharing.
+        family (`NCSNFamily` or `DDPMFamily`): what the model is (`families.make_family`).
+
+    Returns:
+        `TrainingSummary`: this process's view of the run.
+    """
+    accelerator = build_accelerator(args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    on_main_process(accelerator, lambda: prepare_output_dir(args.output_dir))  # before anything reads it
+    run = build_run(args, family, accelerator)
+
+    progress = tqdm(
+        total=run.max_train_steps,
+        initial=run.global_step,
+        disable=not accelerator.is_local_main_process,
+        desc="steps",
+        **tqdm_kwargs(),
+    )
+    start = time.perf_counter()
+    _run_epochs(run, progress)
+    progress.close()
+    wall = time.perf_counter() - start
+    accelerator.wait_for_everyone()
+    if process_report_enabled():
+        folder = Path(args.output_dir) / args.logging_dir
+        write_process_report(accelerator, folder, run.unet, run.first_batch_digest, run.global_step)
+        accelerator.wait_for_everyone()  # every report is written before the main process republishes the folder
+
+    summary = _summary(run, wall)
+    if accelerator.is_main_process:
+        summary.pushed_to = finish(accelerator, args, family, run.unet, run.ema, run.scheduler, summary)
+    accelerator.end_training()
+    return summary
+
+
+def _run_epochs(run: TrainingRun, progress: tqdm) -> None:
+    """Train from the run's step to its last one, skipping the batches a resumed epoch already saw."""
+    args, accelerator = run.args, run.accelerator
+    first_epoch = run.global_step // run.steps_per_epoch
+    skip = (run.global_step % run.steps_per_epoch) * args.gradient_accumulation_steps
+    for epoch in range(first_epoch, run.num_epochs):
+        if run.global_step >= run.max_train_steps:
+            break
+        run.dataloader.set_epoch(epoch)
+        batches = run.dataloader
+        if epoch == first_epoch and skip:
+            batches = accelerator.skip_first_batches(run.dataloader, skip)
+        run.unet.train()
+        for batch in batches:
+            loss = _optimisation_step(run, batch["pixel_values"])
+            if not accelerator.sync_gradients:
+                continue  # a batch accumulated into the next step
+            _end_step(run, loss, progress)
+            if run.global_step >= run.max_train_steps:
+                break
+
+
+def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> torch.Tensor:
+    """Forward and backward on one batch; the optimizer steps once the accumulation is complete."""
+    accelerator, unet = run.accelerator, run.unet
+    if run.first_batch_digest is None and process_report_enabled():
+        run.first_batch_digest = digest([x0])
+    with accelerator.accumulate(unet):
+        loss = run.family.loss(unet, run.scheduler, x0)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and run.args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(unet.parameters(), run.args.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad()
+    run.images_seen += len(x0) * accelerator.num_processes
+    return loss
+
+
+def _end_step(run: TrainingRun, loss: torch.Tensor, progress: tqdm) -> None:
+    """After an optimisation step: the mean loss over processes, EMA, logs, then a checkpoint or preview when due."""
+    mean_loss = _mean_loss(run, loss)
+    if run.ema is not None:
+        run.ema.step(run.unet.parameters())
+    run.global_step += 1
+    run.last_loss = mean_loss
+    run.loss_history.append((run.global_step, mean_loss))
+    _log_step(run, mean_loss, progress)
+    args, step = run.args, run.global_step
+    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        state = {**run.record, "run_id": run.lineage[-1][0], "lineage": run.lineage, "last_loss": mean_loss}
+        save_checkpoint(run.accelerator, args.output_dir, step, args.checkpoints_total_limit, state)
+    if args.save_images_steps and step % args.save_images_steps == 0:
+        preview(run.accelerator, run.family, run.unet, run.ema, run.scheduler, args, step)
+
+
+def _mean_loss(run: TrainingRun, loss: torch.Tensor) -> float:
+    """The step's loss averaged over the processes.
+
+    Raises:
+        `NonFiniteLossError`: it is NaN or infinite (nothing is saved from the broken weights).
+    """
+    mean_loss = run.accelerator.gather(loss.detach()[None]).float().mean().item()
+    if not math.isfinite(mean_loss):
+        checkpoints = list_checkpoints(run.args.output_dir)
+        raise NonFiniteLossError(
+            f"the loss is {mean_loss} at step {run.global_step + 1}; stopping without saving. The last good "
+            f"checkpoint is {checkpoints[-1] if checkpoints else 'none'}: resume from it with a lower "
+            "--learning_rate or gradient clipping (--max_grad_norm)"
+        )
+    return mean_loss
+
+
+def _log_step(run: TrainingRun, mean_loss: float, progress: tqdm) -> None:
+    # no redraw of its own: in a log file the bar is then written at tqdm_kwargs' interval, not every step
+    progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+    progress.update(1)
+    logs = {"loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0]}
+    if run.ema is not None:
+        logs["ema_decay"] = run.ema.cur_decay_value
+    run.accelerator.log(logs, step=run.global_step)
+
+
+def _summary(run: TrainingRun, wall: float) -> TrainingSummary:
+    return TrainingSummary(
+        family=run.family.name,
+        global_step=run.global_step,
+        num_processes=run.accelerator.num_processes,
+        final_loss=run.last_loss,
+        wall_time_s=wall,
+        images_per_second=run.images_seen / wall if wall > 0 and run.images_seen else None,
+        loss_history=run.loss_history,
+    )

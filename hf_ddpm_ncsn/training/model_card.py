@@ -1,0 +1,47 @@
+"""The model card of a training output folder, written from what the run (and a later evaluation) left there."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..folder_checks import pipeline_class_name
+from ..hub import render_model_card
+
+
+def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> None:
+    """(Re)write `<output_dir>/README.md` (atomically) from what a finished run left there: the pipeline's
+    configs, training_args.json, metrics.json, samples.png and, when an evaluation has run since, eval/report.json.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): the training output folder.
+        repo_id (`str`, *optional*): the repo the card names (default: `--hub_model_id`, else the folder name).
+    """
+    folder = Path(output_dir)
+
+    def read(*parts: str) -> dict:
+        path = folder.joinpath(*parts)
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    family = {"NCSNPipeline": "ncsn", "DDPMPosteriorPipeline": "ddpm"}[pipeline_class_name(str(folder))]
+    args, metrics = read("training_args.json"), read("metrics.json")
+    training = {
+        **args,
+        **{k: metrics[k] for k in ("global_step", "num_processes", "final_loss", "wall_time_s") if k in metrics},
+    }
+    dataset = args.get("dataset_name") or (
+        Path(args["train_data_dir"]).name if args.get("train_data_dir") else "digits"
+    )
+    card = render_model_card(
+        family,
+        repo_id=repo_id or args.get("hub_model_id") or folder.resolve().name,
+        scheduler_config=read("scheduler", "scheduler_config.json"),
+        unet_config=read("unet", "config.json"),
+        dataset=dataset,
+        training=training or None,
+        eval_results=read("eval", "report.json").get("model_card_metrics"),
+        sample_grid="samples.png" if (folder / "samples.png").is_file() else None,
+    )
+    atomic_write_text(folder / "README.md", str(card))
