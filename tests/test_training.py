@@ -199,6 +199,25 @@ def test_only_a_family_that_needs_them_reads_training_images_to_build_its_schedu
     assert iterations == [1] and stacked == [build.MAX_POINTS_FOR_SIGMA_MAX]  # NCSN's sigma_max="auto" does
 
 
+def test_the_hybrid_loss_logs_its_parts(tmp_path, monkeypatch):
+    """The loss is logged with its parts (per-sample terms reduced by the loss module): hybrid = mse + lambda vlb."""
+    from accelerate import Accelerator
+
+    logged = []
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, **kw: logged.append(dict(values)))
+    hybrid = ["--loss_type", "hybrid", "--variance_type", "learned_range", "--vlb_weight", "0.01"]
+    argv = ["--output_dir", str(tmp_path / "hybrid"), "--max_train_steps", "2", *TINY_DDPM, *hybrid]
+    assert main("ddpm", argv) == 0
+    steps = [values for values in logged if "loss" in values]
+    assert len(steps) == 2
+    for values in steps:
+        assert values["loss"] == pytest.approx(values["loss_mse"] + 0.01 * values["loss_vlb"], rel=1e-5)
+        assert values["loss_vlb"] > 0 and values["loss_mse"] > 0
+    logged.clear()
+    assert main("ddpm", ["--output_dir", str(tmp_path / "simple"), "--max_train_steps", "1", *TINY_DDPM]) == 0
+    assert [sorted(k for k in values if k.startswith("loss")) for values in logged if "loss" in values] == [["loss"]]
+
+
 def test_no_process_report_is_written_unless_asked(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_DDPM_NCSN_PROCESS_REPORT", raising=False)
     out = tmp_path / "out"

@@ -104,21 +104,27 @@ def _run_epochs(run: TrainingRun, progress: tqdm) -> None:
             batches = accelerator.skip_first_batches(run.dataloader, skip)
         run.unet.train()
         for batch in batches:
-            loss = _optimisation_step(run, batch["pixel_values"])
+            losses = _optimisation_step(run, batch["pixel_values"])
             if not accelerator.sync_gradients:
                 continue  # a batch accumulated into the next step
-            _end_step(run, loss, progress)
+            _end_step(run, losses, progress)
             if run.global_step >= run.max_train_steps:
                 break
 
 
-def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> torch.Tensor:
-    """Forward and backward on one batch; the optimizer steps once the accumulation is complete."""
+def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Forward and backward on one batch; the optimizer steps once the accumulation is complete.
+
+    Returns:
+        `dict`: the batch loss (`"loss"`) and, for a loss of several parts (the hybrid one), each part's batch mean,
+        detached.
+    """
     accelerator, unet = run.accelerator, run.unet
     if run.first_batch_digest is None and process_report_enabled():
         run.first_batch_digest = digest([x0])
     with accelerator.accumulate(unet):
-        loss = run.family.loss(unet, run.scheduler, x0)
+        terms = run.family.loss_terms(unet, run.scheduler, x0)
+        loss = terms.mean()
         accelerator.backward(loss)
         if accelerator.sync_gradients and run.args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(unet.parameters(), run.args.max_grad_norm)
@@ -126,18 +132,21 @@ def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> torch.Tensor:
         run.lr_scheduler.step()
         run.optimizer.zero_grad()
     run.images_seen += len(x0) * accelerator.num_processes
-    return loss
+    if len(terms.parts) < 2:
+        return {"loss": loss.detach()}
+    return {"loss": loss.detach(), **{f"loss_{name}": part.detach().mean() for name, part in terms.parts.items()}}
 
 
-def _end_step(run: TrainingRun, loss: torch.Tensor, progress: tqdm) -> None:
+def _end_step(run: TrainingRun, losses: dict[str, torch.Tensor], progress: tqdm) -> None:
     """After an optimisation step: the mean loss over processes, EMA, logs, then a checkpoint or preview when due."""
-    mean_loss = _mean_loss(run, loss)
+    means = _mean_losses(run, losses)
+    mean_loss = means["loss"]
     if run.ema is not None:
         run.ema.step(run.unet.parameters())
     run.global_step += 1
     run.last_loss = mean_loss
     run.loss_history.append((run.global_step, mean_loss))
-    _log_step(run, mean_loss, progress)
+    _log_step(run, means, progress)
     args, step = run.args, run.global_step
     if args.checkpointing_steps and step % args.checkpointing_steps == 0:
         state = {**run.record, "run_id": run.lineage[-1][0], "lineage": run.lineage, "last_loss": mean_loss}
@@ -146,13 +155,15 @@ def _end_step(run: TrainingRun, loss: torch.Tensor, progress: tqdm) -> None:
         preview(run.accelerator, run.family, run.unet, run.ema, run.scheduler, args, step)
 
 
-def _mean_loss(run: TrainingRun, loss: torch.Tensor) -> float:
-    """The step's loss averaged over the processes.
+def _mean_losses(run: TrainingRun, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's loss (and its parts) averaged over the processes, in one gather.
 
     Raises:
-        `NonFiniteLossError`: it is NaN or infinite (nothing is saved from the broken weights).
+        `NonFiniteLossError`: the loss is NaN or infinite (nothing is saved from the broken weights).
     """
-    mean_loss = run.accelerator.gather(loss.detach()[None]).float().mean().item()
+    gathered = run.accelerator.gather(torch.stack(list(losses.values()))[None]).float().mean(dim=0)
+    means = dict(zip(losses, gathered.tolist(), strict=True))
+    mean_loss = means["loss"]
     if not math.isfinite(mean_loss):
         checkpoints = list_checkpoints(run.args.output_dir)
         raise NonFiniteLossError(
@@ -160,14 +171,14 @@ def _mean_loss(run: TrainingRun, loss: torch.Tensor) -> float:
             f"checkpoint is {checkpoints[-1] if checkpoints else 'none'}: resume from it with a lower "
             "--learning_rate or gradient clipping (--max_grad_norm)"
         )
-    return mean_loss
+    return means
 
 
-def _log_step(run: TrainingRun, mean_loss: float, progress: tqdm) -> None:
+def _log_step(run: TrainingRun, means: dict[str, float], progress: tqdm) -> None:
     # no redraw of its own: in a log file the bar is then written at tqdm_kwargs' interval, not every step
-    progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+    progress.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
     progress.update(1)
-    logs = {"loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0]}
+    logs = {**means, "lr": run.lr_scheduler.get_last_lr()[0]}
     if run.ema is not None:
         logs["ema_decay"] = run.ema.cur_decay_value
     run.accelerator.log(logs, step=run.global_step)
