@@ -1,11 +1,11 @@
 """NCSN and DDPM as first-class diffusers schedulers and pipelines."""
 
 from . import likelihood, losses, ncsnv2
-from .diffusers_loading import register as _register_with_diffusers
-from .folder_checks import check_pipeline_folder
 from .likelihood import ELBOOutput
 from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from .schedulers import DDPMPosteriorScheduler, NCSNScheduler
+from .sharing.diffusers_loading import register as _register_with_diffusers
+from .sharing.folder_checks import check_pipeline_folder
 
 __version__ = "0.1.0"
 

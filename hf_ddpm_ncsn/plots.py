@@ -16,14 +16,14 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .atomic import atomic_write_bytes
+from .sharing.atomic import atomic_write_bytes
 
 _DPI = 100
 _LOG_FLOOR = 1e-12  # the smallest value of a log axis when no value is positive
 
 
 def save_png(image: PIL.Image.Image, path: str | os.PathLike) -> None:
-    """Save an image as a PNG through `hf_ddpm_ncsn.atomic`: a reader (or a crash) never meets half a file.
+    """Save an image as a PNG through `hf_ddpm_ncsn.sharing.atomic`: a reader (or a crash) never meets half a file.
 
     Args:
         image (`PIL.Image.Image`): the image.

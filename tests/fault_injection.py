@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import safetensors.torch
 
-import hf_ddpm_ncsn.atomic as atomic
+import hf_ddpm_ncsn.sharing.atomic as atomic
 
 # every Python-level call through which the writers here change the filesystem (shutil.rmtree's own unlink and
 # rmdir calls go through os, so a crash can also land in the middle of a tree removal)

@@ -19,7 +19,7 @@ import torch
 from fault_injection import fault_at
 from tiny_models import tiny_ncsn
 
-import hf_ddpm_ncsn.atomic as atomic
+import hf_ddpm_ncsn.sharing.atomic as atomic
 from hf_ddpm_ncsn import NCSNPipeline
 
 # what else a training output folder holds, another writer's staging folder included: all must survive

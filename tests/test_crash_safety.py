@@ -13,7 +13,7 @@ import pytest
 from fault_injection import crash_points
 from tiny_models import tiny_ncsn
 
-import hf_ddpm_ncsn.atomic as atomic
+import hf_ddpm_ncsn.sharing.atomic as atomic
 from hf_ddpm_ncsn import NCSNPipeline
 from hf_ddpm_ncsn.checkpoints import (
     ABANDONED_DIR,

@@ -1,4 +1,4 @@
-"""Model cards and folder pushes (`hf_ddpm_ncsn.hub`), against the in-process `LocalHubServer`."""
+"""Model cards and folder pushes (`hf_ddpm_ncsn.sharing`), against the in-process `LocalHubServer`."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ LOCAL_ONLY_FILES = {
     "unet/old_weights.pt",
     "__pycache__/hf_ddpm_ncsn_pipeline.cpython-310.pyc",
     ".ipynb_checkpoints/README-checkpoint.md",
-    # what interrupted writes leave (hf_ddpm_ncsn.atomic) and checkpoints of abandoned runs
+    # what interrupted writes leave (hf_ddpm_ncsn.sharing.atomic) and checkpoints of abandoned runs
     ".unet.k3j2h1g0.old/diffusion_pytorch_model.safetensors",
     ".checkpoint-7.partial/model.safetensors",
     ".checkpoint-3.a1b2c3d4.deleting/model.safetensors",
@@ -337,7 +337,7 @@ def test_push_uploads_the_pipeline_and_nothing_else(
     folder = _write_run_folder(tmp_path / "run", unet, repo_id)
     before = _hashes(folder)
 
-    caplog.set_level(logging.INFO, logger="hf_ddpm_ncsn.hub")
+    caplog.set_level(logging.INFO, logger="hf_ddpm_ncsn.sharing.hub")
     url = push_folder_to_hub(folder, repo_id, token=FAKE_TOKEN, commit_message="First model")
 
     remote = hub_server.files(repo_id)
@@ -348,7 +348,7 @@ def test_push_uploads_the_pipeline_and_nothing_else(
     assert hub_server.commit_log(repo_id)[0].title == "First model"
     card = ModelCard(remote["README.md"].decode())
     assert card.data.library_name == "diffusers" and "![samples](samples.png)" in card.text
-    assert [r.getMessage() for r in caplog.records if r.name == "hf_ddpm_ncsn.hub"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_ddpm_ncsn.sharing.hub"] == [
         f"Pushed {folder} to {hub_server.url}/{repo_id} (commit {hub_server.head(repo_id)})"
     ]
     assert FAKE_TOKEN not in caplog.text
@@ -366,7 +366,7 @@ def test_push_uploads_the_pipeline_and_nothing_else(
     pr_head = hub_server.head(repo_id, revision="refs/pr/1")
     assert pr_commit_url == f"{hub_server.url}/{repo_id}/commit/{pr_head}"
     assert hub_server.read_file(repo_id, "README.md", revision="refs/pr/1").endswith(b"Retrained.\n")
-    last_log = [r.getMessage() for r in caplog.records if r.name == "hf_ddpm_ncsn.hub"][-1]
+    last_log = [r.getMessage() for r in caplog.records if r.name == "hf_ddpm_ncsn.sharing.hub"][-1]
     assert last_log.endswith(f"(pull request {hub_server.url}/{repo_id}/discussions/1)")
 
 

@@ -14,7 +14,7 @@ from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 import hf_ddpm_ncsn.pipelines.shareable_pipeline as shareable_pipeline
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, NCSNPipeline
-from hf_ddpm_ncsn.folder_checks import PipelineFolderError
+from hf_ddpm_ncsn.sharing.folder_checks import PipelineFolderError
 
 FACTORIES = {"NCSNPipeline": tiny_ncsn, "DDPMPosteriorPipeline": tiny_ddpm}
 

@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..atomic import atomic_write_bytes, atomic_write_text
 from ..data import DIGITS, ImageTransform, load_image_dataset
 from ..images import model_to_uint8
+from ..sharing.atomic import atomic_write_bytes, atomic_write_text
 
 # Bump when the architecture or the training recipe changes: cached classifiers of another version are not reused.
 CLASSIFIER_VERSION = "v2"
@@ -317,7 +317,7 @@ def _train_on_dataset(
 
 
 def _save(model: FeatureClassifier, weights_path: Path, info_path: Path) -> None:
-    """Write the weights, then the description, each atomically (`hf_ddpm_ncsn.atomic`). The description is
+    """Write the weights, then the description, each atomically (`hf_ddpm_ncsn.sharing.atomic`). The description is
     written last and a cache entry is only read when both files exist, so a crash at any point leaves either no
     entry or a complete one, never weights that a later run loads half-written."""
     weights_path.parent.mkdir(parents=True, exist_ok=True)

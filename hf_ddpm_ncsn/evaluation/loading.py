@@ -6,8 +6,8 @@ import os
 
 from diffusers import DiffusionPipeline
 
-from ..folder_checks import pipeline_class_name
 from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
+from ..sharing.folder_checks import pipeline_class_name
 
 
 def load_pipeline(pipeline_or_path: str | os.PathLike | DiffusionPipeline) -> DDPMPosteriorPipeline | NCSNPipeline:

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from ..atomic import atomic_write_text
 from ..data import DIGITS
 from ..json_utils import dumps
 from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from ..plots import image_grid, save_png
 from ..progress import tqdm_kwargs
 from ..schedulers.validation import check_positive_int
+from ..sharing.atomic import atomic_write_text
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
 from .inception import INCEPTION_MISSING, inception_metrics, load_inception_extractor
 from .likelihood_report import NCSN_HAS_NO_ELBO, likelihood_report, plot_elbo_terms

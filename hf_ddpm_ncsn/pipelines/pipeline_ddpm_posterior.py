@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
-from ..folder_checks import pipeline_class_name
 from ..images import uint8_to_model
 from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.validation import check_positive_int
+from ..sharing.folder_checks import pipeline_class_name
 from .shareable_pipeline import ShareablePipeline
 
 

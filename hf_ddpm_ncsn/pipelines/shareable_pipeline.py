@@ -14,13 +14,14 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..atomic import atomic_directory, atomic_write_text
-from ..diffusers_loading import finalize_saved_folder, folder_already_checked
-from ..folder_checks import check_pipeline_folder
-from ..hub import push_folder_to_hub, render_model_card
 from ..plots import image_grid
 from ..progress import tqdm_kwargs
 from ..schedulers.validation import check_choice, check_positive_int
+from ..sharing.atomic import atomic_directory, atomic_write_text
+from ..sharing.diffusers_loading import finalize_saved_folder, folder_already_checked
+from ..sharing.folder_checks import check_pipeline_folder
+from ..sharing.hub import push_folder_to_hub
+from ..sharing.model_cards import render_model_card
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # arguments of `from_pretrained` that matter for fetching a Hub repo before it is checked

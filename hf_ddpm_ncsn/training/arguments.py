@@ -19,13 +19,13 @@ from typing import Any
 from diffusers.optimization import SchedulerType
 from transformers import HfArgumentParser
 
-from ..atomic import check_replaceable
 from ..losses import DDPM_LOSS_TYPES
 from ..schedulers import DDPMPosteriorScheduler
 from ..schedulers.beta_schedules import BETA_SCHEDULES
 from ..schedulers.scheduling_ddpm_posterior import MAX_TRAIN_TIMESTEPS, VARIANCE_TYPES
 from ..schedulers.scheduling_ddpm_posterior import PREDICTION_TYPES as DDPM_PREDICTION_TYPES
 from ..schedulers.scheduling_ncsn import MAX_CHAIN_LENGTH, MAX_NOISE_LEVELS
+from ..sharing.atomic import check_replaceable
 from .config import config_to_argv
 
 __all__ = ["DDPMArguments", "NCSNArguments", "TrainingArguments", "parse_training_arguments"]

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text, remove_tree
 from ..json_utils import dumps, to_json_value
+from ..sharing.atomic import atomic_write_text, remove_tree
 
 logger = logging.getLogger(__name__)
 

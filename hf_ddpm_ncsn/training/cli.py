@@ -6,8 +6,8 @@ import logging
 import sys
 
 from ..families import make_family
-from ..hub import HubPushError
 from ..json_utils import dumps
+from ..sharing.hub import HubPushError
 from .arguments import parse_training_arguments
 from .loop import NonFiniteLossError, train
 from .processes import MainProcessError

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..folder_checks import pipeline_class_name
-from ..hub import render_model_card
+from ..sharing.atomic import atomic_write_text
+from ..sharing.folder_checks import pipeline_class_name
+from ..sharing.model_cards import render_model_card
 
 
 def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> None:

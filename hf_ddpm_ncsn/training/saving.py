@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from diffusers import UNet2DModel
 
-from ..atomic import atomic_directory, clean_stale
-from ..hub import HubPushError, push_folder_to_hub
 from ..json_utils import dumps
 from ..progress import tqdm_kwargs
+from ..sharing.atomic import atomic_directory, clean_stale
+from ..sharing.hub import HubPushError, push_folder_to_hub
 from .checkpoints import CHECKPOINT_PREFIX, prune, publish_checkpoint, recover, staging_path, write_state
 from .model_card import write_model_card
 from .processes import on_main_process
