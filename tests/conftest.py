@@ -1,13 +1,18 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the local Hub that every Hub call of the session goes to.
 
-The Hub fixtures point ``huggingface_hub`` at an in-process ``LocalHubServer`` (see ``hub_server.py``)
-so push / download tests run offline against the real client code.
+``pytest_configure`` starts a ``LocalHubServer`` (see ``hub_server.py``) and points ``HF_ENDPOINT`` and a fresh
+``HF_HOME`` at it *before any test module imports huggingface_hub*: the client reads its settings once, at import,
+so the pytest process and every subprocess it starts then talk to the local server only, with no patching of
+client internals. A stray Hub call in any test gets a fast 404 instead of reaching huggingface.co.
 """
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Iterator
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +27,19 @@ except ImportError:  # tests/ turned into a package
 # The suite's tensors are tiny: extra intra-op threads only add synchronisation cost on a 2-core machine.
 torch.set_num_threads(1)
 
-
-@pytest.fixture(autouse=True)
-def seeded_global_generators() -> None:
-    """Every test starts from the same global random state, whatever ran before it: an input drawn without an
-    explicit generator (``torch.randn(...)``, a pipeline called without ``generator=``) is the same on every run,
-    so no assertion passes or fails by luck."""
-    random.seed(0)
-    np.random.seed(0)  # noqa: NPY002 (the legacy global state is what unseeded numpy code draws from)
-    torch.manual_seed(0)
-
-
-#: Any non-empty token works with the local server; having one lets ``whoami`` and ``create_repo`` run.
+#: Any non-empty token works with the local server; having one lets ``create_repo`` run.
 DUMMY_HF_TOKEN = "hf_local_test_token_not_a_secret"
+
+_HUB_SERVER = pytest.StashKey[LocalHubServer]()
 
 
 def _client_env(url: str, hf_home: Path) -> dict[str, str]:
     """Environment a ``huggingface_hub`` process needs to talk to the local server only.
 
-    Every cache path is spelled out (not just ``HF_HOME``) because an outer ``HF_HUB_CACHE`` /
-    ``HF_XET_CACHE`` would otherwise win over the fresh ``HF_HOME``. ``HF_HUB_OFFLINE=0`` overrides an
-    outer offline setting (the endpoint is local); callers that want offline mode must put their
+    Every cache path is spelled out (not just ``HF_HOME``) because an outer ``HF_HUB_CACHE`` / ``HF_XET_CACHE``
+    would otherwise win over the fresh ``HF_HOME``. Xet off: uploads take the single-commit path whose commit POST
+    is not retried on 5xx. Telemetry off: it would add a request to every first call. ``HF_HUB_OFFLINE=0``
+    overrides an outer offline setting (the endpoint is local); callers that want offline mode put their
     ``HF_HUB_OFFLINE=1`` *after* this dict when merging.
     """
     return {
@@ -59,58 +56,63 @@ def _client_env(url: str, hf_home: Path) -> dict[str, str]:
     }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's Hub and set the client's environment before test modules import huggingface_hub."""
+    if "huggingface_hub" in sys.modules:
+        raise pytest.UsageError(
+            "huggingface_hub was imported before tests/conftest.py could set HF_ENDPOINT; keep it (and diffusers, "
+            "datasets, hf_ddpm_ncsn) out of conftest's and plugins' top-level imports"
+        )
+    server = LocalHubServer().start()
+    hf_home = Path(tempfile.mkdtemp(prefix="hf_home_"))
+    saved = {name: os.environ.get(name) for name in _client_env(server.url, hf_home)}
+    os.environ.update(_client_env(server.url, hf_home))
+    config.stash[_HUB_SERVER] = server
+
+    def restore() -> None:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(hf_home, ignore_errors=True)
+
+    config.add_cleanup(restore)
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_generators() -> None:
+    """Every test starts from the same global random state, whatever ran before it: an input drawn without an
+    explicit generator (``torch.randn(...)``, a pipeline called without ``generator=``) is the same on every run,
+    so no assertion passes or fails by luck."""
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 (the legacy global state is what unseeded numpy code draws from)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
-def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHubServer]:
-    """Start a ``LocalHubServer`` and point this process's ``huggingface_hub`` at it for the session.
+def hub_server(pytestconfig: pytest.Config) -> LocalHubServer:
+    """The session's ``LocalHubServer``: ``huggingface_hub`` in this process and in subprocesses already uses it.
 
-    Setting ``HF_ENDPOINT`` alone is not enough once ``huggingface_hub`` is imported: its constants
-    (``ENDPOINT``, ``HUGGINGFACE_CO_URL_TEMPLATE`` used by ``hf_hub_url``, ``HF_HUB_DISABLE_XET``, cache
-    paths, ...) are read at import time, and the module-level ``HfApi`` behind ``huggingface_hub.create_repo``
-    / ``upload_folder`` (what diffusers' ``push_to_hub`` calls) captured its endpoint then. So both the env
-    (for subprocesses and late imports) and those module attributes are patched, and restored afterwards.
-
-    The server is shared by the whole session: use unique repo names (or call ``hub_server.reset()``).
+    It is shared by the whole session: use unique repo names.
     """
-    import huggingface_hub.constants as constants
-    from huggingface_hub import hf_api
-
-    hf_home = tmp_path_factory.mktemp("hf_home")
-    with LocalHubServer() as server, pytest.MonkeyPatch.context() as mp:
-        url = server.url
-        for name, value in _client_env(url, hf_home).items():
-            mp.setenv(name, value)
-        mp.setattr(constants, "ENDPOINT", url)
-        mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-        mp.setattr(constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {"127.0.0.1"})
-        # Xet off: uploads take the single-commit path whose commit POST is not retried on 5xx.
-        mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        # Telemetry off: otherwise the first request also fetches {ENDPOINT}/api/agent-harnesses.
-        mp.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        mp.setattr(constants, "HF_HUB_OFFLINE", False)
-        mp.setattr(constants, "HF_HOME", str(hf_home))
-        mp.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-        mp.setattr(constants, "HUGGINGFACE_HUB_CACHE", str(hf_home / "hub"))
-        mp.setattr(constants, "HF_ASSETS_CACHE", str(hf_home / "assets"))
-        mp.setattr(constants, "HF_XET_CACHE", str(hf_home / "xet"))
-        mp.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"))
-        mp.setattr(constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
-        mp.setattr(constants, "AGENT_HARNESSES_PATH", str(hf_home / ".agent_harnesses.json"))
-        mp.setattr(hf_api.api, "endpoint", url)
-        yield server
+    return pytestconfig.stash[_HUB_SERVER]
 
 
 @pytest.fixture
 def hub_cache(hub_server: LocalHubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty ``HF_HUB_CACHE`` for this test, so a download really goes through the server.
 
-    Patches ``huggingface_hub.constants.HF_HUB_CACHE`` (read at call time when ``cache_dir`` is None,
-    e.g. by diffusers' ``from_pretrained``) and the env var (for subprocesses).
+    The environment variable is only read at import, so this process needs the public constant
+    ``huggingface_hub.constants.HF_HUB_CACHE`` switched too: the client reads it at call time when no
+    ``cache_dir`` is passed, as diffusers' ``from_pretrained`` and ``hf_ddpm_ncsn.evaluate`` do.
     """
-    import huggingface_hub.constants as constants
+    import huggingface_hub.constants
 
     cache = tmp_path / "hf_hub_cache"
     cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
 
