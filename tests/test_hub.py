@@ -17,8 +17,10 @@ from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import save_file
 
-from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler, hub
-from hf_ddpm_ncsn.hub import HubPushError, model_card_template, push_folder_to_hub, render_model_card
+from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
+from hf_ddpm_ncsn.sharing import hub, model_cards
+from hf_ddpm_ncsn.sharing.hub import HubPushError, push_folder_to_hub
+from hf_ddpm_ncsn.sharing.model_cards import model_card_template, render_model_card
 
 try:
     from hub_server import DEFAULT_USER, LocalHubServer
@@ -153,7 +155,7 @@ def _closed_port_endpoint() -> str:
 @pytest.mark.parametrize("family", ["ncsn", "ddpm"])
 def test_template_lookup(family: str) -> None:
     path = model_card_template(family)
-    assert path == Path(hub.__file__).resolve().parent / "model_cards" / f"{family}.md"
+    assert path == Path(model_cards.__file__).resolve().parent.parent / "model_cards" / f"{family}.md"
     assert path.is_file()
     assert "{{ card_data }}" in path.read_text(encoding="utf-8")
 
@@ -164,7 +166,7 @@ def test_template_lookup_rejects_unknown_family() -> None:
 
 
 def test_template_lookup_reports_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "_TEMPLATE_DIR", tmp_path)
+    monkeypatch.setattr(model_cards, "TEMPLATE_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="ncsn.md is missing"):
         model_card_template("ncsn")
 
