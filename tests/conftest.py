@@ -18,11 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-try:  # tests/ is on sys.path with pytest's default "prepend" import mode (no tests/__init__.py)
-    from hub_server import LocalHubServer
-except ImportError:  # tests/ turned into a package
-    from tests.hub_server import LocalHubServer
+from support.hub_server import LocalHubServer
 
 # The suite's tensors are tiny: extra intra-op threads only add synchronisation cost on a 2-core machine.
 torch.set_num_threads(1)

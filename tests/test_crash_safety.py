@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fault_injection import crash_points
-from tiny_models import tiny_ncsn
+from support.fault_injection import crash_points
+from support.tiny_models import tiny_ncsn
 
 import hf_ddpm_ncsn.sharing.atomic as atomic
 from hf_ddpm_ncsn import NCSNPipeline
@@ -38,7 +38,7 @@ TESTS = Path(__file__).resolve().parent
 
 def _run_harness(tmp_path: Path, mode: str) -> list[dict]:
     result = subprocess.run(
-        [sys.executable, str(TESTS / "save_crash_harness.py"), str(tmp_path), mode],
+        [sys.executable, str(TESTS / "support" / "save_crash_harness.py"), str(tmp_path), mode],
         capture_output=True,
         text=True,
         timeout=300,

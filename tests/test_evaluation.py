@@ -14,6 +14,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
+from support.fault_injection import crash_points
+from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 import hf_ddpm_ncsn.evaluation.report as evaluation_report
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
@@ -41,13 +43,6 @@ from hf_ddpm_ncsn.feature_classifier import (
 )
 from hf_ddpm_ncsn.likelihood import elbo_bpd, stratified_elbo_bpd, stratified_timesteps, stratum_bounds
 from hf_ddpm_ncsn.progress import tqdm_kwargs
-
-try:  # tests/ is on sys.path with pytest's default "prepend" import mode
-    from fault_injection import crash_points
-    from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
-except ImportError:
-    from tests.fault_injection import crash_points
-    from tests.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"

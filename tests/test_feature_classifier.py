@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.fault_injection import crash_points
 
 import hf_ddpm_ncsn.evaluation.feature_classifier as feature_classifier
 from hf_ddpm_ncsn.evaluation.feature_classifier import load_or_train_classifier
-
-try:  # tests/ is on sys.path with pytest's default "prepend" import mode
-    from fault_injection import crash_points
-except ImportError:
-    from tests.fault_injection import crash_points
 
 
 def _tiny_labelled_images(split: str, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

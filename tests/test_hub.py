@@ -16,16 +16,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import save_file
+from support.hub_server import DEFAULT_USER, LocalHubServer
 
 from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
 from hf_ddpm_ncsn.sharing import hub, model_cards
 from hf_ddpm_ncsn.sharing.hub import HubPushError, push_folder_to_hub
 from hf_ddpm_ncsn.sharing.model_cards import model_card_template, render_model_card
-
-try:
-    from hub_server import DEFAULT_USER, LocalHubServer
-except ImportError:
-    from tests.hub_server import DEFAULT_USER, LocalHubServer
 
 FAKE_TOKEN = "hf_abcdefghijklmnopqrstuvwx"
 COMMON_TAGS = ["hf-ddpm-ncsn", "diffusers", "unconditional-image-generation"]

@@ -15,11 +15,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-try:
-    from hub_server import DEFAULT_USER, LocalHubServer, git_blob_oid
-except ImportError:
-    from tests.hub_server import DEFAULT_USER, LocalHubServer, git_blob_oid
+from support.hub_server import DEFAULT_USER, LocalHubServer, git_blob_oid
 
 README = "---\nlicense: apache-2.0\ntags:\n- test\n---\n\n# Tiny test repo\n"
 

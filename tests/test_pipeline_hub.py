@@ -5,8 +5,8 @@ import uuid
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from support.tiny_models import tiny_ddpm, tiny_ncsn
 from test_save_load import FACTORIES, ROUTES, check_route
-from tiny_models import tiny_ddpm, tiny_ncsn
 
 from hf_ddpm_ncsn.hub import HubPushError
 

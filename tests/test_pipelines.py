@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
-from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
 from hf_ddpm_ncsn.likelihood import elbo_bpd, stratified_elbo_bpd

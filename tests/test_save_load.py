@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 import hf_ddpm_ncsn.pipelines.shareable_pipeline as shareable_pipeline
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, NCSNPipeline

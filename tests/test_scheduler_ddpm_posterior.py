@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from diffusers.schedulers import scheduling_ddpm
-from gaussian_mixture import GaussianMixture
+from support.gaussian_mixture import GaussianMixture
 from test_scheduler_ncsn import assert_matches_mixture, public_config
 
 import hf_ddpm_ncsn.schedulers.scheduling_ddpm_posterior as scheduling_ddpm_posterior

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from gaussian_mixture import GaussianMixture, energy_distance
+from support.gaussian_mixture import GaussianMixture, energy_distance
 
 import hf_ddpm_ncsn.schedulers.scheduling_ncsn as scheduling_ncsn
 from hf_ddpm_ncsn import NCSNScheduler

@@ -20,7 +20,7 @@ from hf_ddpm_ncsn.training import list_checkpoints, main
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-TESTS = ROOT / "tests"
+SUPPORT = ROOT / "tests" / "support"
 # a tiny, fast configuration: 8x8 digits, a 2-level UNet, few diffusion steps
 TINY = [
     "--resolution", "8", "--block_out_channels", "8", "16", "--train_batch_size", "16", "--logger", "none",
@@ -64,7 +64,7 @@ def test_two_gloo_processes_share_weights_and_split_the_data(tmp_path):
 def run_with_a_crash(when: str, step: int, script: str, args: list[str]) -> subprocess.CompletedProcess:
     """Run a training script that SIGKILLs itself just before/after publishing the checkpoint of `step`."""
     return run_script(
-        [sys.executable, str(TESTS / "train_with_faults.py"), when, str(step), str(SCRIPTS / script), *args]
+        [sys.executable, str(SUPPORT / "train_with_faults.py"), when, str(step), str(SCRIPTS / script), *args]
     )
 
 
@@ -546,7 +546,7 @@ def test_a_unet_config_from_a_file_a_folder_or_a_hub_repo_trains_on_two_processe
         unet.save_config(tmp_path / "saved")
         source = tmp_path / "saved"
     else:  # a pipeline repo: its config is unet/config.json
-        from tiny_models import tiny_ddpm
+        from support.tiny_models import tiny_ddpm
 
         hub_env = request.getfixturevalue("hub_env")
         source = f"test-user/unet-config-{uuid.uuid4().hex[:8]}"
@@ -573,7 +573,7 @@ def test_a_failure_on_the_main_process_alone_stops_every_process(tmp_path):
     # only the main process publishes checkpoints: when that fails, the other process must not wait at a barrier
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(TESTS / "train_with_faults.py"), "fail", "2", str(SCRIPTS / "train_ddpm.py"),
+               str(SUPPORT / "train_with_faults.py"), "fail", "2", str(SCRIPTS / "train_ddpm.py"),
                "--output_dir", str(tmp_path / "out"), "--max_train_steps", "4", "--checkpointing_steps", "2",
                *TINY_DDPM]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=ENV)
