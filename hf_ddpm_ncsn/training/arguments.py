@@ -273,7 +273,7 @@ def _number_or_auto(name: str, value: str | float) -> str | float:
 
 
 def parse_training_arguments(family: str, argv: list[str] | None = None) -> tuple[TrainingArguments, Any]:
-    """Parse the arguments of `scripts/train_<family>.py` (`family` is "ncsn" or "ddpm").
+    """Parse the arguments of `scripts/train_<family>.py` (`family` a registered family: "ncsn" or "ddpm").
 
     `--config FILE` (YAML, or JSON for a `.json` name) supplies defaults; flags on the command line override it.
 
@@ -287,8 +287,11 @@ def parse_training_arguments(family: str, argv: list[str] | None = None) -> tupl
     Raises:
         `ValueError`: an unknown flag or config key, a value of the wrong type, or a failed check.
     """
+    # imported here: the family registry imports this module for its argument classes
+    from ..families import get_family
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    family_args = {"ncsn": NCSNArguments, "ddpm": DDPMArguments}[family]
+    family_args = get_family(family).arguments_class
     parser = HfArgumentParser((TrainingArguments, family_args), description=f"Train a {family.upper()} pipeline.")
     parser.add_argument(
         "--config",

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from ..families import family_of_pipeline
 from ..sharing.atomic import atomic_write_text
 from ..sharing.folder_checks import pipeline_class_name
 from ..sharing.model_cards import render_model_card
@@ -25,7 +26,7 @@ def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
         path = folder.joinpath(*parts)
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    family = {"NCSNPipeline": "ncsn", "DDPMPosteriorPipeline": "ddpm"}[pipeline_class_name(str(folder))]
+    family = family_of_pipeline(pipeline_class_name(str(folder))).name
     args, metrics = read("training_args.json"), read("metrics.json")
     training = {
         **args,
