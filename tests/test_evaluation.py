@@ -42,7 +42,6 @@ from hf_ddpm_ncsn.feature_classifier import (
     train_classifier,
 )
 from hf_ddpm_ncsn.likelihood import elbo_bpd, stratified_elbo_bpd, stratified_timesteps, stratum_bounds
-from hf_ddpm_ncsn.progress import tqdm_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"
@@ -506,18 +505,6 @@ def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path)
         "output_dir": str(tmp_path / "pipe" / "eval"),
         "sample_kwargs": {"num_langevin_steps": 3},
     }
-
-
-def test_progress_bars_update_rarely_in_a_log_and_the_callers_settings_win():
-    pipe = tiny_ncsn()  # configured with disable=True
-    with evaluation_report._progress_for_logs(pipe):
-        assert pipe._progress_bar_config == {**tqdm_kwargs(), "disable": True}
-        assert tqdm_kwargs()["mininterval"] >= 10  # pytest captures stderr: not a terminal
-    assert pipe._progress_bar_config == {"disable": True}
-    del pipe._progress_bar_config
-    with evaluation_report._progress_for_logs(pipe):
-        assert pipe._progress_bar_config == tqdm_kwargs()
-    assert not hasattr(pipe, "_progress_bar_config")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from ..data import DIGITS
 from ..json_utils import dumps
 from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from ..plots import image_grid, save_png
-from ..progress import tqdm_kwargs
 from ..schedulers.validation import check_positive_int
 from ..sharing.atomic import atomic_write_text
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
@@ -150,8 +149,7 @@ def evaluate(
     check_sampling_arguments(pipe, batch_size, settings.sample_kwargs)  # before the data, the classifier, the ELBO
     if output_dir is None and not isinstance(pipeline_or_path, DiffusionPipeline):
         output_dir = default_output_dir(pipeline_or_path)
-    with _progress_for_logs(pipe):
-        report, samples = _measure(pipeline_or_path, pipe, settings, extractor, inception_weights)
+    report, samples = _measure(pipeline_or_path, pipe, settings, extractor, inception_weights)
     report["timings"]["total"] = time.perf_counter() - started
     report["model_card_metrics"] = model_card_metrics(report)
     if output_dir is not None:
@@ -165,23 +163,6 @@ def _check_counts(num_samples: int, batch_size: int, elbo_strata: int, num_elbo_
     check_positive_int("elbo_strata", elbo_strata, minimum=0)
     if num_elbo_images is not None:
         check_positive_int("num_elbo_images", num_elbo_images)
-
-
-@contextmanager
-def _progress_for_logs(pipe: DiffusionPipeline) -> Iterator[None]:
-    """Give the pipeline's progress bars (sampling, ELBO) few updates when stderr is a log (`tqdm_kwargs`) for the
-    evaluation only. Settings the caller gave the pipeline win, and are put back afterwards (diffusers keeps them
-    in `_progress_bar_config`, which `set_progress_bar_config` replaces as a whole)."""
-    had_config = hasattr(pipe, "_progress_bar_config")
-    previous = getattr(pipe, "_progress_bar_config", {})
-    pipe.set_progress_bar_config(**{**tqdm_kwargs(), **previous})
-    try:
-        yield
-    finally:
-        if had_config:
-            pipe._progress_bar_config = previous
-        else:
-            del pipe._progress_bar_config
 
 
 @contextmanager
