@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from .images import uint8_to_model
+
 # the largest transformed dataset kept in memory when the transform is deterministic (center crop, no flip)
 PRECOMPUTE_MAX_BYTES = 512 * 2**20
 
@@ -529,4 +531,4 @@ def _convert_mode(image: Image.Image, mode: str) -> Image.Image:
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     pixels = np.asarray(image, dtype=np.float32)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(pixels) / 127.5 - 1.0)
+    return uint8_to_model(torch.from_numpy(np.ascontiguousarray(pixels)))

@@ -21,7 +21,7 @@ from .ncsnv2 import langevin_step_size, sigma_max_from_data
 from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from .pipelines.shareable_pipeline import ShareablePipeline
 from .schedulers import DDPMPosteriorScheduler, NCSNScheduler
-from .training_args import DDPMArguments, NCSNArguments, TrainingArguments
+from .training.arguments import DDPMArguments, NCSNArguments, TrainingArguments
 from .unets import build_unet, default_unet_config, load_unet_config
 
 __all__ = [

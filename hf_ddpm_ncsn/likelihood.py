@@ -141,6 +141,7 @@ def _terms_at(
     generator: torch.Generator | None,
     batch_size: int | None,
     progress: Callable[[Iterable], Iterable] | None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The ELBO term L_t of image i at timestep timesteps[i, k], for every (i, k): the one loop of both bounds.
 
@@ -149,12 +150,12 @@ def _terms_at(
     columns share a call when B is smaller, images are split when B is larger.
 
     Returns:
-        `torch.Tensor`: float32 (B, K) in bits/dim.
+        `torch.Tensor`: (B, K) in bits/dim, of `dtype`.
     """
     num_images, num_columns = timesteps.shape
     batch_size = num_images if batch_size is None else check_positive_int("batch_size", batch_size)
     chunks = list(torch.arange(num_columns).split(max(1, batch_size // num_images)))
-    terms = torch.empty(num_images, num_columns, dtype=torch.float32, device=x0.device)
+    terms = torch.empty(num_images, num_columns, dtype=dtype, device=x0.device)
     for columns in progress(chunks) if progress is not None else chunks:
         noise = torch.cat(
             [randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) for _ in columns]
@@ -162,11 +163,11 @@ def _terms_at(
         t = timesteps[:, columns].T.reshape(-1).to(x0.device)  # column-major: input j is image j % B
         x0_rep = x0.repeat(len(columns), *([1] * (x0.ndim - 1)))
         x_t = scheduler.add_noise(x0_rep, noise, t)
-        values = torch.empty(len(t), dtype=torch.float32, device=x0.device)
+        values = torch.empty(len(t), dtype=dtype, device=x0.device)
         for rows in torch.arange(len(t), device=x0.device).split(batch_size):
             with torch.no_grad():
                 output = model_fn(x_t[rows], t[rows])
-                values[rows] = vb_terms_bpd(scheduler, output, x0_rep[rows], x_t[rows], t[rows]).float()
+                values[rows] = vb_terms_bpd(scheduler, output, x0_rep[rows], x_t[rows], t[rows]).to(dtype)
         terms[:, columns.to(x0.device)] = values.reshape(len(columns), num_images).T
     return terms
 
@@ -301,14 +302,14 @@ def stratified_elbo_bpd(
         generator (`torch.Generator`, *optional*): a CPU generator for the timesteps, then the noise (one draw of
             x0's shape per stratum, whatever `batch_size`).
         batch_size (`int`, *optional*): largest number of inputs per model call (default: B).
-        progress (`Callable`, *optional*): wraps the iterable of input chunks, e.g. a progress bar.
+        progress (`Callable`, *optional*): wraps the iterable of stratum chunks, e.g. a progress bar.
         spacing (`str`, defaults to `"log"`): how [0, T) is split, see `stratum_bounds`.
     """
     _check_images(x0)
     timesteps, sizes = stratified_timesteps(
         x0.shape[0], scheduler.config.num_train_timesteps, num_strata, generator=generator, spacing=spacing
     )
-    terms = _terms_at(model_fn, scheduler, x0, timesteps, generator, batch_size, progress).double()
+    terms = _terms_at(model_fn, scheduler, x0, timesteps, generator, batch_size, progress, dtype=torch.float64)
     prior = prior_bpd(scheduler, x0).double()
     bits_per_dim = (terms * sizes.to(terms)).sum(dim=1) + prior
     return StratifiedELBOOutput(

@@ -102,7 +102,7 @@ def hub_cache(hub_server: LocalHubServer, tmp_path: Path, monkeypatch: pytest.Mo
 
     The environment variable is only read at import, so this process needs the public constant
     ``huggingface_hub.constants.HF_HUB_CACHE`` switched too: the client reads it at call time when no
-    ``cache_dir`` is passed, as diffusers' ``from_pretrained`` and ``hf_ddpm_ncsn.evaluate`` do.
+    ``cache_dir`` is passed, as diffusers' ``from_pretrained`` and ``hf_ddpm_ncsn.evaluation.evaluate`` do.
     """
     import huggingface_hub.constants
 

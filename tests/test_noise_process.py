@@ -60,7 +60,7 @@ def test_exact_gaussian_score_gives_the_exact_posterior_mean(process_name):
     scheduler = _schedulers()[process_name]
     process = scheduler.noise_process
     g = torch.Generator().manual_seed(0)
-    t = torch.tensor([0, 3, len(process) - 1, 5])
+    t = torch.tensor([0, 3, len(process.sigmas) - 1, 5])
     x_t = torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64) * 2
     alpha, sigma = process.marginal(t, x_t)
     score, posterior_mean = _gaussian_posterior(alpha, sigma, x_t)
@@ -99,6 +99,16 @@ def test_velocity_is_salimans_and_ho():
     x0, noise = torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)
     v = process.velocity(x0, noise, 1)
     torch.testing.assert_close(v, np.sqrt(0.5) * noise - np.sqrt(0.5) * x0)
+
+
+@pytest.mark.parametrize("t", [2.5, torch.tensor([0.0, 1.0])])
+def test_tables_are_looked_up_at_integer_levels_only(t):
+    """A fractional level has no table entry: it is an error, not a silent truncation (the continuous extension
+    belongs to the probability-flow ODE)."""
+    for process in (VarianceExploding(np.array([0.1, 1.0, 10.0])), VariancePreserving(np.array([0.9, 0.5, 0.1]))):
+        with pytest.raises(TypeError, match="integer level index"):
+            process.marginal(t, torch.zeros(2, 1, 2, 2))
+    assert gather(np.array([1.0, 2.0, 3.0]), 2.0, torch.zeros(())) == 3.0  # an integral float is an index
 
 
 def test_denoising_mse_is_per_sample_mean_over_pixels():

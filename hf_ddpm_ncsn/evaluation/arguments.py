@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from ..training_args import _describe_unknown
+from ..argument_errors import describe_unknown_flags
 from .loading import default_output_dir
 
 # owner/name or name, as the Hub spells repo ids
@@ -137,7 +137,7 @@ def parse_evaluation_arguments(argv: list[str] | None = None, description: str |
     parser = HfArgumentParser(EvaluationArguments, description=description, formatter_class=_HelpFormatter)
     _, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(_describe_unknown(unknown, parser))
+        parser.error(describe_unknown_flags(unknown, parser))
     try:
         (arguments,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except ValueError as err:  # raised by EvaluationArguments.__post_init__, naming the flag

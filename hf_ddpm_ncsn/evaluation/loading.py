@@ -6,20 +6,21 @@ import os
 
 from diffusers import DiffusionPipeline
 
-from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
+from ..families import FAMILIES, family_of_pipeline
+from ..pipelines.shareable_pipeline import ShareablePipeline
 from ..sharing.folder_checks import pipeline_class_name
 
 
-def load_pipeline(pipeline_or_path: str | os.PathLike | DiffusionPipeline) -> DDPMPosteriorPipeline | NCSNPipeline:
-    """An NCSN or DDPM pipeline from an object, a saved folder or a Hub repo id.
+def load_pipeline(pipeline_or_path: str | os.PathLike | DiffusionPipeline) -> ShareablePipeline:
+    """A pipeline of a registered family (NCSN, DDPM) from an object, a saved folder or a Hub repo id.
 
-    Folders are dispatched on the `_class_name` of their `model_index.json`: `NCSNPipeline`, or
-    `DDPMPosteriorPipeline` / diffusers' `DDPMPipeline` (loaded as a `DDPMPosteriorPipeline`).
+    Folders are dispatched on the `_class_name` of their `model_index.json` through the family registry:
+    `NCSNPipeline`, or `DDPMPosteriorPipeline` / diffusers' `DDPMPipeline` (loaded as a `DDPMPosteriorPipeline`).
 
     Args:
         pipeline_or_path (`str`, `os.PathLike` or `DiffusionPipeline`): the pipeline or where it is saved.
     """
-    if isinstance(pipeline_or_path, NCSNPipeline | DDPMPosteriorPipeline):
+    if isinstance(pipeline_or_path, ShareablePipeline):
         return pipeline_or_path
     if isinstance(pipeline_or_path, DiffusionPipeline):
         raise TypeError(
@@ -29,13 +30,10 @@ def load_pipeline(pipeline_or_path: str | os.PathLike | DiffusionPipeline) -> DD
     path = str(pipeline_or_path)
     folder = path if os.path.isdir(path) else _download(path)
     name = pipeline_class_name(folder)
-    for pipeline_class in (DDPMPosteriorPipeline, NCSNPipeline):
-        if name in pipeline_class.loadable_class_names:
-            return pipeline_class.from_pretrained(folder)
-    raise ValueError(
-        f"{path} holds a {name!r} pipeline; the evaluation handles NCSNPipeline, DDPMPosteriorPipeline and "
-        "diffusers' DDPMPipeline"
-    )
+    accepted = [loadable for family in FAMILIES.values() for loadable in family.pipeline_class.loadable_class_names]
+    if name not in accepted:
+        raise ValueError(f"{path} holds a {name!r} pipeline; the evaluation handles {accepted}")
+    return family_of_pipeline(name).pipeline_class.from_pretrained(folder)
 
 
 def _download(repo_id: str) -> str:

@@ -33,13 +33,20 @@ def gather(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor) -> flo
 
     Args:
         values (`np.ndarray`): the table, one value per level.
-        t (`int` or `torch.Tensor`): a level index, or one per sample (B,).
+        t (`int` or `torch.Tensor`): a level index, or one per sample (B,): integers (a table has no value between
+            its levels).
         like (`torch.Tensor`): the tensor the result multiplies.
     """
+    _check_index(t)
     if not isinstance(t, torch.Tensor) or t.ndim == 0:
         return float(values[int(t)])
     out = torch.from_numpy(values)[t.detach().cpu().long()].to(device=like.device, dtype=like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _check_index(t: int | torch.Tensor) -> None:
+    if isinstance(t, torch.Tensor) and t.is_floating_point() or isinstance(t, float) and not t.is_integer():
+        raise TypeError(f"timestep must be an integer level index to look up a schedule table, got {t!r}")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -65,9 +72,6 @@ class NoiseProcess:
     def __init__(self, alphas: np.ndarray, sigmas: np.ndarray):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
-
-    def __len__(self) -> int:
-        return len(self.sigmas)
 
     def alpha(self, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
         """alpha_t as `gather` returns it."""
@@ -96,20 +100,12 @@ class NoiseProcess:
         return alpha * noise - sigma * x0
 
     # ----------------------------------------------------------------------------------------------------------
-    # Conversions between predictions: every one goes through eps, the prediction all of them share
+    # Conversions between predictions (each looks (alpha_t, sigma_t) up once)
     def to_epsilon(
         self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> torch.Tensor:
         """The noise eps implied by a network output predicting `prediction_type` at (x_t, t)."""
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        alpha, sigma = self.marginal(t, x_t)
-        if prediction_type == "epsilon":
-            return output
-        if prediction_type == "score":
-            return -sigma * output
-        if prediction_type == "sample":
-            return (x_t - alpha * output) / sigma
-        return (sigma * x_t + alpha * output) / self._power(alpha, sigma)
+        return self._epsilon(output, prediction_type, x_t, *self.marginal(t, x_t))
 
     def to_score(
         self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
@@ -117,18 +113,32 @@ class NoiseProcess:
         """The score grad log q_t(x_t) implied by the output: -eps / sigma_t."""
         if prediction_type == "score":
             return output
-        return self.to_epsilon(output, prediction_type, x_t, t) * (-1.0 / self.sigma(t, x_t))
+        alpha, sigma = self.marginal(t, x_t)
+        return self._epsilon(output, prediction_type, x_t, alpha, sigma) * (-1.0 / sigma)
 
     def to_sample(
         self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> torch.Tensor:
-        """The x_0 estimate implied by the output (Tweedie's E[x_0 | x_t] for a score or eps model)."""
+        """The x_0 estimate implied by the output (Tweedie's E[x_0 | x_t] = (x_t + sigma_t^2 score) / alpha_t for a
+        score or eps model)."""
         alpha, sigma = self.marginal(t, x_t)
         if prediction_type == "sample":
             return output
+        if prediction_type == "score":
+            return (x_t + sigma**2 * output) / alpha
         if prediction_type == "v_prediction":
             return (alpha * x_t - sigma * output) / self._power(alpha, sigma)
-        return (x_t - sigma * self.to_epsilon(output, prediction_type, x_t, t)) / alpha
+        return (x_t - sigma * self._epsilon(output, prediction_type, x_t, alpha, sigma)) / alpha
+
+    def _epsilon(self, output, prediction_type: str, x_t, alpha, sigma) -> torch.Tensor:
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if prediction_type == "epsilon":
+            return output
+        if prediction_type == "score":
+            return -sigma * output
+        if prediction_type == "sample":
+            return (x_t - alpha * output) / sigma
+        return (sigma * x_t + alpha * output) / self._power(alpha, sigma)
 
     def target(
         self, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor
@@ -154,6 +164,10 @@ class VarianceExploding(NoiseProcess):
     def __init__(self, sigmas: np.ndarray):
         sigmas = np.asarray(sigmas, dtype=np.float64)
         super().__init__(np.ones_like(sigmas), sigmas)
+
+    def alpha(self, t: int | torch.Tensor, like: torch.Tensor) -> float:
+        _check_index(t)
+        return 1.0  # a Python 1.0 multiplies exactly, without building a tensor of ones
 
 
 class VariancePreserving(NoiseProcess):

@@ -234,7 +234,7 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         t = int(timestep)
         score = self.score_from_model_output(model_output, t, sample)
         sigma = self.noise_process.sigma(t, sample)
-        x0 = sample.add(score, alpha=sigma**2)  # Tweedie: E[x_0 | x] = x + sigma^2 grad log q_sigma(x)
+        x0 = self.noise_process.to_sample(score, "score", sample, t)  # Tweedie: x + sigma^2 s
         is_denoise = self.config.denoise_final and self._step_index == len(self.timesteps) - 1
         if is_denoise:
             prev_sample = x0

@@ -8,7 +8,6 @@ win.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 from diffusers.optimization import SchedulerType
 from transformers import HfArgumentParser
 
+from ..argument_errors import describe_unknown_flags
 from ..losses import DDPM_LOSS_TYPES
 from ..schedulers import DDPMPosteriorScheduler
 from ..schedulers.beta_schedules import BETA_SCHEDULES
@@ -303,7 +303,7 @@ def parse_training_arguments(family: str, argv: list[str] | None = None) -> tupl
         argv = config_to_argv(config, (TrainingArguments, family_args)) + argv
     _, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise ValueError(_describe_unknown(unknown, parser))
+        raise ValueError(describe_unknown_flags(unknown, parser))
     training, specific, *_ = parser.parse_args_into_dataclasses(args=argv)  # then the unused `config` namespace
     return training, specific
 
@@ -323,16 +323,3 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     if paths and not paths[0]:
         raise ValueError("--config needs a YAML or JSON file")
     return (paths[0] if paths else None), rest
-
-
-def _describe_unknown(unknown: list[str], parser: HfArgumentParser) -> str:
-    """Name the unrecognised flags, with the closest known ones, and never their values (one may be a token)."""
-    known = [option for action in parser._actions for option in action.option_strings]
-    flags = [item.split("=", 1)[0] for item in unknown if item.startswith("-")]
-    described = []
-    for flag in flags:
-        close = difflib.get_close_matches(flag, known, n=1)
-        described.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
-    has_values = len(unknown) > len(flags) or any("=" in item for item in unknown)
-    hidden = "; their values are not shown" if has_values else ""
-    return f"unrecognised arguments: {', '.join(described) or 'none named'}{hidden}; see --help"

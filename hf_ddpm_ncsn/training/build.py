@@ -23,7 +23,7 @@ from .resume import ResumePoint, check_resumable, resolve_resume_checkpoint, res
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from ..families import DDPMFamily, NCSNFamily
+    from ..families import Family
     from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class TrainingRun:
     """Everything the loop works with, prepared by accelerate, and the progress it makes."""
 
     args: TrainingArguments
-    family: NCSNFamily | DDPMFamily
+    family: Family
     accelerator: Accelerator
     dataloader: Any
     scheduler: Any
@@ -60,7 +60,7 @@ class TrainingRun:
         return math.ceil(self.max_train_steps / self.steps_per_epoch)
 
 
-def build_run(args: TrainingArguments, family: NCSNFamily | DDPMFamily, accelerator: Accelerator) -> TrainingRun:
+def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator) -> TrainingRun:
     """Set the run up on every process (the output folder is already prepared); resume when asked."""
     # every check that can refuse the run comes before the data is loaded, and runs on every process
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
@@ -130,7 +130,7 @@ def load_data(args: TrainingArguments):
     return dataset, channels, dataloader
 
 
-def training_images(family: NCSNFamily | DDPMFamily, dataloader) -> torch.Tensor | None:
+def training_images(family: Family, dataloader) -> torch.Tensor | None:
     """Up to `MAX_POINTS_FOR_SIGMA_MAX` training images when the family's scheduler is built from the data (NCSN's
     sigma_max="auto"), else None: the images are not read at all."""
     return stack_images(dataloader, MAX_POINTS_FOR_SIGMA_MAX) if family.needs_training_images else None

@@ -26,7 +26,7 @@ from .processes import build_accelerator, on_main_process
 from .saving import finish, prepare_output_dir, preview, save_checkpoint
 
 if TYPE_CHECKING:
-    from ..families import DDPMFamily, NCSNFamily
+    from ..families import Family
     from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,12 @@ class TrainingSummary:
     pushed_to: str | None = None
 
 
-def train(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> TrainingSummary:
+def train(args: TrainingArguments, family: Family) -> TrainingSummary:
     """Train `family` on the data of `args`, then save (and push) the EMA pipeline with a model card.
 
     Args:
         args (`TrainingArguments`): data, optimisation, checkpoints, logging and sharing.
-        family (`NCSNFamily` or `DDPMFamily`): what the model is (`families.make_family`).
+        family (`Family`): what the model is (`families.make_family`).
 
     Returns:
         `TrainingSummary`: this process's view of the run.

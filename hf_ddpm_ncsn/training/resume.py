@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
 
-    from ..families import DDPMFamily, NCSNFamily
+    from ..families import Family
     from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def check_resumable(
     return changes
 
 
-def public_arguments(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -> dict[str, Any]:
+def public_arguments(args: TrainingArguments, family: Family) -> dict[str, Any]:
     """Arguments worth recording (checkpoints, trackers, model card): everything but the token."""
     values = {**vars(args), **vars(family.args)}
     values.pop("hub_token", None)
@@ -89,7 +89,7 @@ def public_arguments(args: TrainingArguments, family: NCSNFamily | DDPMFamily) -
 
 
 def run_record(
-    args: TrainingArguments, family: NCSNFamily | DDPMFamily, num_processes: int, unet=None, scheduler=None
+    args: TrainingArguments, family: Family, num_processes: int, unet=None, scheduler=None
 ) -> dict[str, Any]:
     """What a checkpoint records about its run (the UNet and scheduler configs once they are built)."""
     record = {"family": family.name, "num_processes": num_processes, "arguments": public_arguments(args, family)}

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
 
-    from ..families import DDPMFamily, NCSNFamily
+    from ..families import Family
     from .arguments import TrainingArguments
     from .loop import TrainingSummary
 
@@ -77,7 +77,7 @@ def with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UN
     return model.eval()
 
 
-def _grid_pipeline(family: NCSNFamily | DDPMFamily, model: UNet2DModel, scheduler, show_progress: bool):
+def _grid_pipeline(family: Family, model: UNet2DModel, scheduler, show_progress: bool):
     """A pipeline to sample grids from, on a copy of the scheduler (sampling sets its timesteps)."""
     pipeline = family.pipeline(model, type(scheduler).from_config(scheduler.config))
     pipeline.set_progress_bar_config(**(tqdm_kwargs() if show_progress else {"disable": True}))
@@ -93,7 +93,7 @@ def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
 
 def preview(
     accelerator: Accelerator,
-    family: NCSNFamily | DDPMFamily,
+    family: Family,
     unet,
     ema: EMAModel | None,
     scheduler,
@@ -117,7 +117,7 @@ def preview(
 def finish(
     accelerator: Accelerator,
     args: TrainingArguments,
-    family: NCSNFamily | DDPMFamily,
+    family: Family,
     unet,
     ema: EMAModel | None,
     scheduler,

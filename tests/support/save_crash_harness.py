@@ -2,7 +2,7 @@
 folder held after each kill, after the clean-up the next write starts with, and after the next save. Run by
 test_crash_safety.py in a fresh process (no server threads to fork beside):
 
-    python tests/save_crash_harness.py WORK_DIR {exchange,no-exchange}
+    python tests/support/save_crash_harness.py WORK_DIR {exchange,no-exchange}
 
 prints one JSON list, an entry per kill point.
 """

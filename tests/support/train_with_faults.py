@@ -2,7 +2,7 @@
 place), whatever the machine's speed: SIGKILL just before or just after it, or an OSError instead of it (on the
 main process only, the one that publishes).
 
-    python tests/train_with_faults.py {before,after,fail} STEP SCRIPT [ARGS...]
+    python tests/support/train_with_faults.py {before,after,fail} STEP SCRIPT [ARGS...]
 """
 
 from __future__ import annotations
