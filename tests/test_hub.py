@@ -443,3 +443,16 @@ def test_push_error_redacts_a_token_echoed_by_the_client(tmp_path: Path, monkeyp
 def test_push_refuses_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError, match="not a directory"):
         push_folder_to_hub(tmp_path / "missing", "someone/x", token=FAKE_TOKEN, endpoint=_closed_port_endpoint())
+
+
+def test_the_model_card_of_a_diffusers_ddpm_folder_is_a_ddpm_card(tmp_path):
+    """A folder of diffusers' own DDPMPipeline belongs to the DDPM family (the registry maps its class name)."""
+    from diffusers import DDPMPipeline
+    from support.tiny_models import tiny_unet
+
+    from hf_ddpm_ncsn.training.model_card import write_model_card
+
+    DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=20)).save_pretrained(tmp_path)
+    write_model_card(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "- ddpm" in text and "- ncsn" not in text

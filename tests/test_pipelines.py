@@ -140,6 +140,39 @@ def test_stratified_elbo_refuses_bad_strata_before_calling_the_unet(kwargs, matc
         pipe.stratified_elbo(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), **kwargs)
 
 
+def test_pipeline_stratified_elbo_passes_spacing_and_progress_through():
+    pipe = tiny_ddpm(num_train_timesteps=12)
+    calls = []
+    pipe.progress_bar = lambda iterable=None, total=None: calls.append(len(iterable)) or iterable
+    images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8, generator=_seed())
+    out = pipe.stratified_elbo(images, num_strata=4, generator=_seed(), spacing="linear")
+    assert out.stratum_sizes.tolist() == [3, 3, 3, 3]  # log spacing would give t = 0 its own stratum
+    direct = stratified_elbo_bpd(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, images.float() / 127.5 - 1, 4,
+                                 generator=_seed(), spacing="linear")  # fmt: skip
+    torch.testing.assert_close(out.bits_per_dim, direct.bits_per_dim, rtol=0, atol=0)
+    assert calls == [4]  # the progress bar wraps the K chunks (default batch_size = B: one stratum per call)
+
+
+@pytest.mark.parametrize("method", ["elbo", "stratified_elbo"])
+@pytest.mark.parametrize("generator", [0, "seed", [torch.Generator()]])
+def test_pipeline_likelihoods_refuse_anything_but_one_generator(method, generator):
+    pipe = tiny_ddpm(num_train_timesteps=12)
+    pipe.unet.forward = None  # refused before any UNet call
+    kwargs = {"num_strata": 3} if method == "stratified_elbo" else {}
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        getattr(pipe, method)(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), generator=generator, **kwargs)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_bad_batch_size_is_refused_before_the_generator_is_used(batch_size):
+    pipe = tiny_ddpm(num_train_timesteps=12)
+    g = _seed(5)
+    state = g.get_state()
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        pipe.stratified_elbo(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), 3, generator=g, batch_size=batch_size)
+    assert torch.equal(g.get_state(), state)
+
+
 class _Stream(io.StringIO):
     def __init__(self, tty: bool):
         super().__init__()
