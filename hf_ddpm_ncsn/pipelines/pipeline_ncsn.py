@@ -48,9 +48,9 @@ class NCSNPipeline(ShareablePipeline):
         )
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
-        """The level index, or sigma for a `time_embedding_type="fourier"` UNet (`NCSNScheduler.model_timestep`)."""
-        embedding = self.unet.config.time_embedding_type
-        return self.scheduler.model_timestep(timestep, embedding).to(self._execution_device)
+        """The level index, or sigma for a `time_embedding_type="fourier"` UNet (`NCSNScheduler.model_timestep`), on
+        the timestep's device (the chain's timesteps are on the execution device already)."""
+        return self.scheduler.model_timestep(timestep, self.unet.config.time_embedding_type)
 
     @torch.no_grad()
     def __call__(

@@ -49,6 +49,11 @@ def _check_index(t: int | torch.Tensor) -> None:
         raise TypeError(f"timestep must be an integer level index to look up a schedule table, got {t!r}")
 
 
+def _unscale(x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """x / alpha, without a pass over x for the variance-exploding process's alpha = 1."""
+    return x if isinstance(alpha, float) and alpha == 1.0 else x / alpha
+
+
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch one."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
@@ -125,10 +130,12 @@ class NoiseProcess:
         if prediction_type == "sample":
             return output
         if prediction_type == "score":
-            return (x_t + sigma**2 * output) / alpha
+            # one fused kernel for a scalar level (the sampling hot path)
+            x0 = x_t.add(output, alpha=sigma**2) if isinstance(sigma, float) else x_t + sigma**2 * output
+            return _unscale(x0, alpha)
         if prediction_type == "v_prediction":
             return (alpha * x_t - sigma * output) / self._power(alpha, sigma)
-        return (x_t - sigma * self._epsilon(output, prediction_type, x_t, alpha, sigma)) / alpha
+        return _unscale(x_t - sigma * self._epsilon(output, prediction_type, x_t, alpha, sigma), alpha)
 
     def _epsilon(self, output, prediction_type: str, x_t, alpha, sigma) -> torch.Tensor:
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
