@@ -101,14 +101,59 @@ def test_velocity_is_salimans_and_ho():
     torch.testing.assert_close(v, np.sqrt(0.5) * noise - np.sqrt(0.5) * x0)
 
 
-@pytest.mark.parametrize("t", [2.5, torch.tensor([0.0, 1.0])])
-def test_tables_are_looked_up_at_integer_levels_only(t):
-    """A fractional level has no table entry: it is an error, not a silent truncation (the continuous extension
-    belongs to the probability-flow ODE)."""
+def test_tables_are_looked_up_at_integer_levels_only():
+    """A fractional level per sample has no table entry: it is an error, not a silent truncation (a fractional
+    scalar level is the continuous extension, tested below)."""
     for process in (VarianceExploding(np.array([0.1, 1.0, 10.0])), VariancePreserving(np.array([0.9, 0.5, 0.1]))):
         with pytest.raises(TypeError, match="integer level index"):
-            process.marginal(t, torch.zeros(2, 1, 2, 2))
+            process.marginal(torch.tensor([0.0, 1.5]), torch.zeros(2, 1, 2, 2))
+        with pytest.raises(TypeError, match="integer level index"):
+            gather(process.sigmas, 1.5, torch.zeros(()))
+        with pytest.raises(ValueError, match=r"outside the process's time range \[0, 2\]"):
+            process.marginal(2.5)
+        with pytest.raises(ValueError, match="needs `like`"):
+            process.marginal(torch.tensor([0, 1]))
     assert gather(np.array([1.0, 2.0, 3.0]), 2.0, torch.zeros(())) == 3.0  # an integral float is an index
+
+
+def test_continuous_ve_extension_is_the_geometric_sequence():
+    """NCSN's sigmas are geometric, so between two levels sigma_t is their weighted geometric mean and
+    d log sigma / dt the constant log-ratio: the extension adds nothing the schedule does not say."""
+    sigmas = 0.01 * (50.0 / 0.01) ** (np.arange(7) / 6)
+    process = VarianceExploding(sigmas)
+    for t in (0.25, 2.5, 5.9):
+        k, w = int(t), t - int(t)
+        alpha, sigma, dlog_alpha, dlog_sigma = process.continuous_marginal(t)
+        assert (alpha, dlog_alpha) == (1.0, 0.0)
+        assert sigma == pytest.approx(sigmas[k] ** (1 - w) * sigmas[k + 1] ** w, rel=1e-14)
+        assert dlog_sigma == pytest.approx(np.log(50.0 / 0.01) / 6, rel=1e-12)
+        f, g2 = process.sde_coefficients(t)
+        assert f == 0.0 and g2 == pytest.approx(2 * sigma**2 * dlog_sigma, rel=1e-14)  # g^2 = d sigma^2 / dt
+    assert process.marginal(3) == (1.0, sigmas[3])  # integer levels are the table
+
+
+def test_continuous_vp_extension_stays_variance_preserving_and_monotone():
+    betas = np.linspace(1e-4, 0.02, 1000)
+    alphas_cumprod = np.cumprod(1 - betas)
+    process = VariancePreserving(alphas_cumprod)
+    grid = np.linspace(0, 999, 20_001)
+    values = np.array([process.marginal(t) for t in grid])
+    np.testing.assert_allclose(values[:, 0] ** 2 + values[:, 1] ** 2, 1.0, rtol=0, atol=4e-16)
+    assert np.all(np.diff(values[:, 0]) < 0) and np.all(np.diff(values[:, 1]) > 0)
+    for t in (0.5, 17.3, 998.5):
+        _, _, dlog_alpha, dlog_sigma = process.continuous_marginal(t)
+        # f = d log alpha / dt is -beta(t) / 2 of the VP SDE: log alpha_bar falls by -log(1 - beta_{k+1}) from
+        # level k to k + 1, the rate at the segment's midpoint; linear betas make beta(t) linear in between
+        beta_t = np.interp(t + 0.5, np.arange(1000), -np.log1p(-betas))
+        assert -2 * dlog_alpha == pytest.approx(beta_t, rel=2e-3)
+        f, g2 = process.sde_coefficients(t)
+        assert g2 == pytest.approx(-2 * f, rel=1e-12)  # VP: g^2 = beta(t) = -2 f
+        # the log-rates are the derivatives of the marginal itself (central differences, error O(h^2))
+        h = 1e-4
+        (a_hi, s_hi), (a_lo, s_lo) = process.marginal(t + h), process.marginal(t - h)
+        assert dlog_alpha == pytest.approx((np.log(a_hi) - np.log(a_lo)) / (2 * h), rel=1e-5)
+        assert dlog_sigma == pytest.approx((np.log(s_hi) - np.log(s_lo)) / (2 * h), rel=1e-5)
+    assert process.marginal(10) == (np.sqrt(alphas_cumprod[10]), np.sqrt(1 - alphas_cumprod[10]))
 
 
 def test_denoising_mse_is_per_sample_mean_over_pixels():

@@ -1,6 +1,7 @@
 """Likelihood in bits per dimension.
 
 - `elbo`: the DDPM's ELBO, every term (`elbo_bpd`) or a stratified estimate (`stratified_elbo_bpd`).
+- `probability_flow`: both families' likelihood through the probability-flow ODE (`ode_bpd`).
 """
 
 from .elbo import (
@@ -18,16 +19,19 @@ from .elbo import (
     stratum_bounds,
     vb_terms_bpd,
 )
+from .probability_flow import ODELikelihoodOutput, ode_bpd
 
 __all__ = [
     "BIN_HALF_WIDTH",
     "SPACINGS",
     "ELBOOutput",
     "ModelFn",
+    "ODELikelihoodOutput",
     "StratifiedELBOOutput",
     "discretized_gaussian_log_likelihood",
     "elbo_bpd",
     "normal_kl",
+    "ode_bpd",
     "prior_bpd",
     "stratified_elbo_bpd",
     "stratified_timesteps",

@@ -8,39 +8,10 @@ from typing import Any
 import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
-from ..images import uint8_to_model
 from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
-from ..schedulers.validation import check_positive_int
 from ..sharing.folder_checks import pipeline_class_name
 from .shareable_pipeline import ShareablePipeline
-
-
-def _as_model_input(images: torch.Tensor, unet_config) -> torch.Tensor:
-    """8-bit images of the UNet's shape as float in [-1, 1]: uint8 is scaled, float must already lie on the
-    256-bin grid."""
-    size = unet_config.sample_size
-    expected = (unet_config.in_channels, *((size, size) if isinstance(size, int) else size))
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, {', '.join(map(str, expected))}) tensor for this UNet, got {got}")
-    if len(images) == 0:
-        raise ValueError("images is empty: pass at least one image")
-    if images.dtype == torch.uint8:
-        return uint8_to_model(images)
-    if not torch.is_floating_point(images):
-        raise ValueError(f"images must be uint8 or float, got {images.dtype}")
-    levels = (images.double() + 1) * 127.5
-    if (
-        not torch.isfinite(images).all()
-        or images.min() < -1
-        or images.max() > 1
-        or (levels - levels.round()).abs().max() > 1e-3
-    ):
-        raise ValueError(
-            "images must be 8-bit data scaled to [-1, 1] (x = uint8 / 127.5 - 1): the likelihood is over 256 bins"
-        )
-    return images
 
 
 class DDPMPosteriorPipeline(ShareablePipeline):
@@ -116,15 +87,6 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         images = self._to_output(sample, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
-
-    def _likelihood_inputs(self, images: torch.Tensor, generator, batch_size: int | None) -> torch.Tensor:
-        """Check the likelihood arguments (before any UNet call) and return the images as UNet inputs."""
-        x0 = _as_model_input(images, self.unet.config).to(device=self._execution_device, dtype=self.unet.dtype)
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        return x0
 
     @torch.no_grad()
     def elbo(

@@ -14,6 +14,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..images import uint8_to_model
+from ..likelihood.probability_flow import ODELikelihoodOutput, ode_bpd
 from ..plots import image_grid
 from ..progress import tqdm_kwargs
 from ..schedulers.validation import check_choice, check_positive_int
@@ -42,6 +44,33 @@ def check_generator(generator, batch_size: int) -> None:
     raise ValueError(
         f"generator must be a torch.Generator or a list of batch_size of them, got {type(generator).__name__}"
     )
+
+
+def as_likelihood_input(images: torch.Tensor, unet_config) -> torch.Tensor:
+    """8-bit images of the UNet's shape as float in [-1, 1]: uint8 is scaled, float must already lie on the
+    256-bin grid."""
+    size = unet_config.sample_size
+    expected = (unet_config.in_channels, *((size, size) if isinstance(size, int) else size))
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, {', '.join(map(str, expected))}) tensor for this UNet, got {got}")
+    if len(images) == 0:
+        raise ValueError("images is empty: pass at least one image")
+    if images.dtype == torch.uint8:
+        return uint8_to_model(images)
+    if not torch.is_floating_point(images):
+        raise ValueError(f"images must be uint8 or float, got {images.dtype}")
+    levels = (images.double() + 1) * 127.5
+    if (
+        not torch.isfinite(images).all()
+        or images.min() < -1
+        or images.max() > 1
+        or (levels - levels.round()).abs().max() > 1e-3
+    ):
+        raise ValueError(
+            "images must be 8-bit data scaled to [-1, 1] (x = uint8 / 127.5 - 1): the likelihood is over 256 bins"
+        )
+    return images
 
 
 class ShareablePipeline(DiffusionPipeline):
@@ -275,6 +304,62 @@ class ShareablePipeline(DiffusionPipeline):
     def _unet_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The UNet's timestep input at a scheduler timestep index (the index itself by default)."""
         return timestep
+
+    def _likelihood_inputs(self, images: torch.Tensor, generator, batch_size: int | None) -> torch.Tensor:
+        """Check the likelihood arguments (before any UNet call) and return the images as UNet inputs."""
+        x0 = as_likelihood_input(images, self.unet.config).to(device=self._execution_device, dtype=self.unet.dtype)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        return x0
+
+    def ode_likelihood(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        *,
+        exact_trace: bool = False,
+        num_probes: int = 1,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        method: str = "dopri5",
+        num_steps: int | None = None,
+        dequantize: bool = True,
+    ) -> ODELikelihoodOutput:
+        """Negative log-likelihood of each image in bits/dim through the probability-flow ODE of the model (see
+        `hf_ddpm_ncsn.likelihood.ode_bpd`, whose arguments these are): of the 8-bit bins under uniform
+        dequantization, a bound in the same currency as the DDPM's ELBO.
+
+        Args:
+            images (`torch.Tensor`): (B, C, H, W) 8-bit images, as uint8 or as float scaled to [-1, 1].
+            generator (`torch.Generator`, *optional*): draws the dequantization noise and the probes.
+            batch_size (`int`, *optional*): images per ODE solve (default: all).
+            exact_trace (`bool`, defaults to `False`): exact divergence instead of Hutchinson's estimate.
+            num_probes (`int`, defaults to 1): Rademacher probes per image.
+            rtol (`float`, defaults to 1e-5), atol (`float`, defaults to 1e-5): adaptive solver tolerances.
+            method (`str`, defaults to `"dopri5"`): torchdiffeq solver (`"rk4"` etc. with `num_steps`).
+            num_steps (`int`, *optional*): steps of a fixed-step method.
+            dequantize (`bool`, defaults to `True`): `False` gives the continuous density at the images.
+        """
+        x0 = self._likelihood_inputs(images, generator, batch_size)
+        return ode_bpd(
+            lambda x, timestep: self.unet(x, timestep).sample,
+            self.scheduler,
+            x0,
+            time_embedding_type=self.unet.config.time_embedding_type,
+            dequantize=dequantize,
+            exact_trace=exact_trace,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+            generator=generator,
+            batch_size=batch_size,
+            method=method,
+            num_steps=num_steps,
+            progress=self.progress_bar,
+        )
 
     def progress_bar(self, iterable=None, total=None):
         """diffusers' progress bar, with few updates when stderr is not a terminal (`progress.tqdm_kwargs`) unless

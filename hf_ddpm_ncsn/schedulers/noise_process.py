@@ -12,12 +12,21 @@ eps = (x_t - alpha_t x_0) / sigma_t and q_t the marginal density of x_t,
 
 so an eps-predicting DDPM network *is* a score model and an NCSN score network predicts eps = -sigma_t s. The
 schedulers, the losses and the likelihoods call these functions instead of writing the formulas again.
+
+Between its levels a process is extended to continuous time t in [0, T - 1] (the probability-flow ODE integrates
+it): log alpha_t and log sigma_t are interpolated monotonically (PCHIP: smooth, no overshoot, exact on the levels
+and exact for NCSN's geometric sigmas), which defines the SDE dx = f(t) x dt + g(t) dw with f = d log alpha / dt and
+g^2 = d sigma^2 / dt - 2 f sigma^2 (Kingma et al. 2021, eq. 28) whose marginals these are.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from scipy.interpolate import PchipInterpolator
 
 from .validation import check_choice
 
@@ -25,7 +34,7 @@ from .validation import check_choice
 PREDICTION_TYPES = ("epsilon", "score", "sample", "v_prediction")
 
 
-def gather(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+def gather(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor | None = None) -> float | torch.Tensor:
     """values[t], the per-sample table lookup of every schedule.
 
     A Python float for one level (an int or a 0-d tensor: the cheapest operand of an elementwise op, the sampling
@@ -35,13 +44,24 @@ def gather(values: np.ndarray, t: int | torch.Tensor, like: torch.Tensor) -> flo
         values (`np.ndarray`): the table, one value per level.
         t (`int` or `torch.Tensor`): a level index, or one per sample (B,): integers (a table has no value between
             its levels).
-        like (`torch.Tensor`): the tensor the result multiplies.
+        like (`torch.Tensor`, *optional*): the tensor the result multiplies (needed for a timestep per sample).
     """
     _check_index(t)
-    if not isinstance(t, torch.Tensor) or t.ndim == 0:
+    if _is_scalar(t):
         return float(values[int(t)])
+    if like is None:
+        raise ValueError("a timestep per sample needs `like`, the tensor the looked-up values multiply")
     out = torch.from_numpy(values)[t.detach().cpu().long()].to(device=like.device, dtype=like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _is_scalar(t) -> bool:
+    return not isinstance(t, torch.Tensor) or t.ndim == 0
+
+
+def is_fractional_scalar(t) -> bool:
+    """Whether t is one level between the tables' levels (the continuous extension's domain)."""
+    return _is_scalar(t) and not float(t).is_integer()
 
 
 def _check_index(t: int | torch.Tensor) -> None:
@@ -64,6 +84,15 @@ def denoising_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return mean_flat((prediction - target) ** 2)
 
 
+class ContinuousMarginal(NamedTuple):
+    """The process at a real time t: x_t = alpha x_0 + sigma z, and the log-rates of alpha and sigma."""
+
+    alpha: float
+    sigma: float
+    dlog_alpha: float  # d log alpha_t / dt
+    dlog_sigma: float  # d log sigma_t / dt
+
+
 class NoiseProcess:
     """x_t = alpha_t x_0 + sigma_t z at level index t in [0, T), a larger index being more noise.
 
@@ -78,17 +107,55 @@ class NoiseProcess:
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
 
-    def alpha(self, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    def alpha(self, t: int | torch.Tensor, like: torch.Tensor | None = None) -> float | torch.Tensor:
         """alpha_t as `gather` returns it."""
         return gather(self.alphas, t, like)
 
-    def sigma(self, t: int | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    def sigma(self, t: int | torch.Tensor, like: torch.Tensor | None = None) -> float | torch.Tensor:
         """sigma_t as `gather` returns it."""
         return gather(self.sigmas, t, like)
 
-    def marginal(self, t: int | torch.Tensor, like: torch.Tensor) -> tuple[float | torch.Tensor, ...]:
-        """(alpha_t, sigma_t) of q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I), as `gather` returns them."""
+    def marginal(
+        self, t: float | torch.Tensor, like: torch.Tensor | None = None
+    ) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """(alpha_t, sigma_t) of q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I).
+
+        Integer levels (a scalar or one per sample) read the tables, as `gather` returns them; a fractional scalar
+        t in [0, T - 1] gets the continuous extension between them, as Python floats.
+        """
+        if is_fractional_scalar(t):
+            return self.continuous_marginal(t)[:2]
         return self.alpha(t, like), self.sigma(t, like)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.sigmas)
+
+    def continuous_marginal(self, t: float | torch.Tensor) -> ContinuousMarginal:
+        """alpha_t, sigma_t and their log-rates at a real time t in [0, T - 1] (the tables' values at integers)."""
+        t = float(t)
+        if not 0.0 <= t <= self.num_levels - 1:
+            raise ValueError(f"timestep={t} is outside the process's time range [0, {self.num_levels - 1}]")
+        if self.num_levels < 2:
+            raise ValueError("a process with a single level has no continuous extension")
+        return self._continuous(t)
+
+    def sde_coefficients(self, t: float | torch.Tensor) -> tuple[float, float]:
+        """(f(t), g(t)^2) of the SDE dx = f x dt + g dw whose marginals are this process at real time t."""
+        _, sigma, dlog_alpha, dlog_sigma = self.continuous_marginal(t)
+        return dlog_alpha, 2.0 * sigma**2 * (dlog_sigma - dlog_alpha)
+
+    @cached_property
+    def _log_interpolants(self) -> tuple[PchipInterpolator, PchipInterpolator]:
+        levels = np.arange(self.num_levels, dtype=np.float64)
+        return PchipInterpolator(levels, np.log(self.alphas)), PchipInterpolator(levels, np.log(self.sigmas))
+
+    def _continuous(self, t: float) -> ContinuousMarginal:
+        log_alpha, log_sigma = self._log_interpolants
+        at_level = t.is_integer()  # exactly the tables on the levels, not exp(log(.)) of them
+        alpha = float(self.alphas[int(t)]) if at_level else float(np.exp(log_alpha(t)))
+        sigma = float(self.sigmas[int(t)]) if at_level else float(np.exp(log_sigma(t)))
+        return ContinuousMarginal(alpha, sigma, float(log_alpha(t, 1)), float(log_sigma(t, 1)))
 
     def _power(self, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> float | torch.Tensor:
         """alpha_t^2 + sigma_t^2, the total variance of x_t for unit-variance data (the v conversions divide by it)."""
@@ -155,7 +222,7 @@ class NoiseProcess:
         if prediction_type == "epsilon":
             return noise
         if prediction_type == "score":
-            return noise * (-1.0 / self.sigma(t, x0))
+            return noise * (-1.0 / self.marginal(t, x0)[1])
         if prediction_type == "sample":
             return x0
         return self.velocity(x0, noise, t)
@@ -172,7 +239,7 @@ class VarianceExploding(NoiseProcess):
         sigmas = np.asarray(sigmas, dtype=np.float64)
         super().__init__(np.ones_like(sigmas), sigmas)
 
-    def alpha(self, t: int | torch.Tensor, like: torch.Tensor) -> float:
+    def alpha(self, t: int | torch.Tensor, like: torch.Tensor | None = None) -> float:
         _check_index(t)
         return 1.0  # a Python 1.0 multiplies exactly, without building a tensor of ones
 
@@ -191,3 +258,17 @@ class VariancePreserving(NoiseProcess):
 
     def _power(self, alpha: float | torch.Tensor, sigma: float | torch.Tensor) -> float:
         return 1.0  # exactly, rather than the float rounding of alpha^2 + sigma^2
+
+    @cached_property
+    def _log_alpha_bar(self) -> PchipInterpolator:
+        return PchipInterpolator(np.arange(self.num_levels, dtype=np.float64), np.log(self.alphas_cumprod))
+
+    def _continuous(self, t: float) -> ContinuousMarginal:
+        # one interpolant, log alpha_bar, so that alpha^2 + sigma^2 = 1 holds between the levels too
+        if t.is_integer():
+            alpha, sigma = float(self.alphas[int(t)]), float(self.sigmas[int(t)])
+        else:
+            log_alpha_bar = float(self._log_alpha_bar(t))
+            alpha, sigma = float(np.exp(0.5 * log_alpha_bar)), float(np.sqrt(-np.expm1(log_alpha_bar)))
+        rate = 0.5 * float(self._log_alpha_bar(t, 1))  # d log alpha / dt
+        return ContinuousMarginal(alpha, sigma, rate, -rate * alpha**2 / sigma**2)

@@ -18,7 +18,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
-from .noise_process import VariancePreserving, gather
+from .noise_process import VariancePreserving, gather, is_fractional_scalar
 from .validation import check_bool, check_choice, check_float_in_range, check_positive_float, check_positive_int
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -212,9 +212,24 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
         """v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022), the v_prediction target."""
         return self.noise_process.velocity(sample, noise, timesteps)
 
-    def marginal(self, timestep: int | torch.Tensor, like: torch.Tensor) -> tuple[float | torch.Tensor, ...]:
+    def model_timestep(self, timestep: float | torch.Tensor, time_embedding_type: str = "positional") -> torch.Tensor:
+        """The value to pass to the network as its timestep: the timestep itself (a fractional scalar is a time of
+        the continuous extension, the probability-flow ODE's).
+
+        Args:
+            timestep (`int`, `float` or `torch.Tensor`): training timestep, a scalar or one per sample.
+            time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`,
+                `"positional"` or `"learned"` (both embed the timestep; `"fourier"` embeds NCSN's sigma).
+        """
+        check_choice("time_embedding_type", time_embedding_type, ("positional", "learned"))
+        return torch.as_tensor(timestep, dtype=torch.float32 if is_fractional_scalar(timestep) else torch.long)
+
+    def marginal(
+        self, timestep: float | torch.Tensor, like: torch.Tensor | None = None
+    ) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) of q(x_t | x_0) at training timestep
-        `timestep` (see `noise_process.gather` for the shapes)."""
+        `timestep`: integer timesteps read the table (see `noise_process.gather` for the shapes); a fractional
+        scalar timestep in [0, T - 1] is the continuous extension (log alpha_bar interpolated), as Python floats."""
         return self.noise_process.marginal(timestep, like)
 
     def q_mean_variance(self, x0: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, ...]:

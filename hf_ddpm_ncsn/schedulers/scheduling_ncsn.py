@@ -17,7 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_process import VarianceExploding
+from .noise_process import VarianceExploding, is_fractional_scalar
 from .validation import check_bool, check_choice, check_positive_float, check_positive_int
 
 PREDICTION_TYPES = ("epsilon", "score")
@@ -177,24 +177,32 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         """NCSN feeds x unscaled; kept for the diffusers scheduler interface."""
         return sample
 
-    def model_timestep(self, timestep: int | torch.Tensor, time_embedding_type: str = "positional") -> torch.Tensor:
+    def model_timestep(self, timestep: float | torch.Tensor, time_embedding_type: str = "positional") -> torch.Tensor:
         """The value to pass to the network as its timestep at level index `timestep`.
 
         Args:
-            timestep (`int` or `torch.Tensor`): level index, a scalar or one per sample.
+            timestep (`int`, `float` or `torch.Tensor`): level index, a scalar or one per sample; a fractional
+                scalar is a level of the continuous extension (the probability-flow ODE's time).
             time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`:
                 `"positional"`/`"learned"` embed the index; `"fourier"` embeds log sigma and divides its output
                 by sigma, so it gets sigma_t.
         """
         check_choice("time_embedding_type", time_embedding_type, TIME_EMBEDDING_TYPES)
+        if is_fractional_scalar(timestep):
+            value = self.marginal(timestep)[1] if time_embedding_type == "fourier" else float(timestep)
+            device = timestep.device if isinstance(timestep, torch.Tensor) else None
+            return torch.tensor(value, dtype=torch.float32, device=device)
         t = torch.as_tensor(timestep, dtype=torch.long)
         if time_embedding_type == "fourier":
             return self.sigmas[t.cpu()].to(device=t.device, dtype=torch.float32)
         return t
 
-    def marginal(self, timestep: int | torch.Tensor, like: torch.Tensor) -> tuple[float | torch.Tensor, ...]:
-        """(alpha_t, sigma_t) = (1, sigma_t) of x_t = x_0 + sigma_t z at level index `timestep` (see
-        `noise_process.gather` for the shapes)."""
+    def marginal(
+        self, timestep: float | torch.Tensor, like: torch.Tensor | None = None
+    ) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """(alpha_t, sigma_t) = (1, sigma_t) of x_t = x_0 + sigma_t z at level index `timestep`: integer levels read
+        the table (see `noise_process.gather` for the shapes); a fractional scalar level is the continuous
+        extension sigma_min (sigma_max / sigma_min)^(t / (T - 1)), as Python floats."""
         return self.noise_process.marginal(timestep, like)
 
     def score_from_model_output(

@@ -1,0 +1,298 @@
+"""Likelihood of both families through the probability-flow ODE (Song et al. 2021, eq. 39 and App. D).
+
+A scheduler's noise process is the SDE dx = f(t) x dt + g(t) dw in the scheduler's own time units t in [0, T - 1]
+(`NoiseProcess.sde_coefficients`; NCSN is variance exploding, DDPM variance preserving). Its probability-flow ODE
+
+    dx/dt = f(t) x - g(t)^2 / 2 * s(x, t)
+
+carries the marginals q_t without noise, so a point x at t = 0 maps deterministically to x_T at t = T - 1, and
+
+    log p_0(x) = log p_T(x_T) + int_0^{T-1} div(dx/dt) dt,     div(dx/dt) = D f(t) - g(t)^2 / 2 * div s(x, t),
+
+with the prior p_T = N(0, (alpha_T^2 + sigma_T^2) I) (the marginal at T of unit-variance data; NCSN: 1 +
+sigma_max^2, DDPM: 1). With the exact score this is the exact density of x_0 noised to the first level, so for
+Gaussian data N(0, s^2 I) it is N(x; 0, (alpha_0^2 s^2 + sigma_0^2) I) up to the prior's mismatch at T. The
+divergence is exact (D vector-Jacobian products) or Hutchinson's estimate with Rademacher probes (unbiased for the
+log-density; each probe is held fixed along the trajectory so that the adaptive solver sees one smooth ODE).
+
+`dequantize=True` scores 8-bit images: x + u with u uniform over the pixel's bin of width 2/255 (the bins of the
+ELBO's decoder), and -log2 P(bin) <= -log2 p(x + u) / D + log2(127.5) bits/dim, a bound in the ELBO's currency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils import BaseOutput
+from torchdiffeq import odeint
+
+from ..schedulers.validation import check_bool, check_choice, check_positive_float, check_positive_int
+from .elbo import BIN_HALF_WIDTH, ModelFn
+
+ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun")
+FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")
+METHODS = ADAPTIVE_METHODS + FIXED_STEP_METHODS
+# D vector-Jacobian products per network call: beyond this, Hutchinson's estimate is the only practical choice
+MAX_EXACT_TRACE_DIMS = 4096
+EXACT_TRACE_BATCH = 4096  # inputs per network call of the exact trace (B copies of each of the D pixels)
+MAX_PROBES = 1024
+MAX_FIXED_STEPS = 100_000
+FIRST_STEP = 1e-3  # of the time range: the adaptive solver grows it within a few steps
+# bits/dim of the uniform density over one bin of width 2/255 in [-1, 1]: log2(255 / 2)
+DEQUANTIZATION_OFFSET = math.log2(1.0 / BIN_HALF_WIDTH / 2.0)
+
+
+@dataclass
+class ODELikelihoodOutput(BaseOutput):
+    """Negative log-likelihood per image from the probability-flow ODE, in bits/dim.
+
+    Args:
+        bits_per_dim (`torch.Tensor` of shape (B,)): mean over the probes (exact with `exact_trace=True`).
+        bits_per_dim_stderr (`torch.Tensor` of shape (B,)): standard error of that mean over the probes
+            (std / sqrt(num_probes)); 0 for the exact trace, NaN for a single probe.
+        prior_bits_per_dim (`torch.Tensor` of shape (B,)): the prior's share, -log2 p_T(x_T) / D.
+        nfe (`int`): network evaluations (ODE right-hand-side calls, each one batched forward pass), over all
+            batches.
+    """
+
+    bits_per_dim: torch.Tensor
+    bits_per_dim_stderr: torch.Tensor
+    prior_bits_per_dim: torch.Tensor
+    nfe: int
+
+
+def _check_solver(method: str, num_steps: int | None, rtol: float, atol: float) -> None:
+    check_choice("method", method, METHODS)
+    check_positive_float("rtol", rtol)
+    check_positive_float("atol", atol)
+    if method in FIXED_STEP_METHODS:
+        if num_steps is None:
+            raise ValueError(f"method={method!r} is a fixed-step solver: pass num_steps (1 to {MAX_FIXED_STEPS})")
+        check_positive_int("num_steps", num_steps, maximum=MAX_FIXED_STEPS)
+    elif num_steps is not None:
+        raise ValueError(
+            f"num_steps={num_steps} applies to the fixed-step methods {FIXED_STEP_METHODS}, not to the adaptive "
+            f"method={method!r} (it sets its own steps from rtol and atol)"
+        )
+
+
+def _check_on_the_8bit_grid(x0: torch.Tensor) -> None:
+    levels = (x0.double() + 1) / (2 * BIN_HALF_WIDTH)
+    if not torch.isfinite(levels).all() or (levels - levels.round()).abs().max() > 1e-3 or levels.min() < -1e-3:
+        raise ValueError(
+            "dequantize=True scores 8-bit images: x0 must lie on the 256 bin centres v / 127.5 - 1 of [-1, 1] "
+            "(hf_ddpm_ncsn.images.uint8_to_model); pass dequantize=False for the density at arbitrary points"
+        )
+    if levels.max() > 255 + 1e-3:
+        raise ValueError("dequantize=True scores 8-bit images: x0 must lie in [-1, 1]")
+
+
+def _random_inputs(
+    x0: torch.Tensor, dequantize: bool, num_probes: int | None, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dequantized points and the Rademacher probes of every image, drawn before any batching (so the result
+    does not depend on `batch_size`)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    x = x0
+    if dequantize:
+        u = torch.rand(x0.shape, generator=generator, device=device, dtype=torch.float64).to(x0.device)
+        x = (x0.double() + (2 * u - 1) * BIN_HALF_WIDTH).to(x0.dtype)
+    probes = None
+    if num_probes is not None:
+        signs = torch.randint(0, 2, (x0.shape[0], num_probes, *x0.shape[1:]), generator=generator, device=device)
+        probes = (2 * signs - 1).to(device=x0.device, dtype=x0.dtype)
+    return x, probes
+
+
+def _exact_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    """(score, div_x score (B, 1)) with the Jacobian's diagonal from D copies of the batch, copy i differentiated
+    along pixel i: one batched backward pass instead of D (the network treats batch elements independently)."""
+    num_images, dimensions = len(x), x[0].numel()
+    copies_per_call = max(1, EXACT_TRACE_BATCH // num_images)
+    score, diagonal = None, torch.zeros(num_images, dtype=x.dtype, device=x.device)
+    for pixels in torch.arange(dimensions).split(copies_per_call):
+        copies = x.detach().repeat(len(pixels), *([1] * (x.ndim - 1))).requires_grad_(True)
+        out = score_fn(copies)
+        basis = torch.zeros(len(pixels), num_images, dimensions, dtype=x.dtype, device=x.device)
+        basis[torch.arange(len(pixels)), :, pixels.to(x.device)] = 1.0
+        basis = basis.reshape(out.shape)
+        (vjp,) = torch.autograd.grad(out, copies, basis)
+        diagonal += (vjp * basis).reshape(len(pixels), num_images, -1).sum(dim=(0, 2))
+        score = out[:num_images].detach() if score is None else score
+    return score, diagonal[:, None]
+
+
+def _hutchinson_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, probes: torch.Tensor):
+    """(score, v^T (d score / dx) v for each probe v (B, K)): one forward pass, one backward pass per probe."""
+    x = x.detach().requires_grad_(True)
+    score = score_fn(x)
+    estimates = []
+    for k in range(probes.shape[1]):
+        probe = probes[:, k]
+        (vjp,) = torch.autograd.grad(score, x, probe, retain_graph=k < probes.shape[1] - 1)
+        estimates.append((vjp * probe).reshape(len(x), -1).sum(dim=1))
+    return score.detach(), torch.stack(estimates, dim=1)
+
+
+class _ProbabilityFlow(torch.nn.Module):
+    """The right-hand side of the ODE on the state (x, int div dt), counting its network evaluations."""
+
+    def __init__(self, model_fn: ModelFn, scheduler, time_embedding_type: str, probes: torch.Tensor | None):
+        super().__init__()
+        self.model_fn, self.scheduler, self.probes = model_fn, scheduler, probes
+        self.t_end = float(scheduler.noise_process.num_levels - 1)
+        self.time_embedding_type = time_embedding_type
+        self.nfe = 0
+        self.on_time: Callable[[float], None] | None = None
+
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        x, _ = state
+        t = min(max(float(t), 0.0), self.t_end)  # the solver's time is in the state's dtype: float32 may round past
+        self.nfe += 1
+        if self.on_time is not None:
+            self.on_time(t)
+        f, g2 = self.scheduler.noise_process.sde_coefficients(t)
+        timestep = self.scheduler.model_timestep(t, self.time_embedding_type).to(x.device)
+
+        def score_fn(inputs: torch.Tensor) -> torch.Tensor:
+            output = self.model_fn(inputs, timestep.expand(len(inputs)))
+            return self.scheduler.score_from_model_output(output, t, inputs)
+
+        with torch.enable_grad():
+            if self.probes is None:
+                score, divergence = _exact_divergence(score_fn, x)
+            else:
+                score, divergence = _hutchinson_divergence(score_fn, x, self.probes)
+        drift = f * x - 0.5 * g2 * score
+        return drift, (x[0].numel() * f - 0.5 * g2 * divergence.detach()).to(x.dtype)
+
+
+def _solve(
+    flow: _ProbabilityFlow, x: torch.Tensor, t_end: float, method: str, num_steps, rtol: float, atol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T, int_0^T div dt) of one batch."""
+    num_columns = 1 if flow.probes is None else flow.probes.shape[1]
+    integral = torch.zeros(len(x), num_columns, dtype=x.dtype, device=x.device)
+    if method in FIXED_STEP_METHODS:
+        times, options = torch.linspace(0.0, t_end, num_steps + 1, dtype=torch.float64), None
+    else:
+        # the process (and the network) is defined on [0, T - 1] only: land on the end instead of stepping past it
+        # and interpolating back, and start from a small step instead of probing one from the derivatives
+        times = torch.tensor([0.0, t_end], dtype=torch.float64)
+        options = {"step_t": times[1:], "first_step": FIRST_STEP * t_end}
+    x_path, integral_path = odeint(flow, (x, integral), times, rtol=rtol, atol=atol, method=method, options=options)
+    return x_path[-1], integral_path[-1]
+
+
+def _prior_log_density(x_t: torch.Tensor, variance: float) -> torch.Tensor:
+    """log N(x; 0, variance I) per image, (B,)."""
+    flat = x_t.reshape(len(x_t), -1).double()
+    return -0.5 * (flat.shape[1] * math.log(2 * math.pi * variance) + flat.pow(2).sum(dim=1) / variance)
+
+
+def ode_bpd(
+    model_fn: ModelFn,
+    scheduler,
+    x0: torch.Tensor,
+    *,
+    time_embedding_type: str = "positional",
+    dequantize: bool = True,
+    exact_trace: bool = False,
+    num_probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    method: str = "dopri5",
+    num_steps: int | None = None,
+    progress: Callable | None = None,
+) -> ODELikelihoodOutput:
+    """Negative log-likelihood of each image under the probability-flow ODE of the model, in bits/dim.
+
+    Args:
+        model_fn (`Callable`): (x, timestep) -> network output, given what the UNet gets as its timestep, a (B,)
+            tensor: `scheduler.model_timestep(t, time_embedding_type)` (for NCSN the level index, or sigma_t for
+            a `"fourier"` UNet; for DDPM the float timestep). The output is read as the scheduler's
+            `prediction_type` (`score_from_model_output`), so learned-variance DDPM outputs work.
+        scheduler (`NCSNScheduler` or `DDPMPosteriorScheduler`): its `noise_process` defines the ODE.
+        x0 (`torch.Tensor`): (B, C, H, W) points in [-1, 1]; on the 8-bit grid for `dequantize=True`.
+        time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`.
+        dequantize (`bool`, defaults to `True`): score the 8-bit bins (uniform dequantization, a bound in the
+            ELBO's currency); `False`: the continuous density at the points x0.
+        exact_trace (`bool`, defaults to `False`): the exact divergence (D backward passes per evaluation, for
+            D <= 4096) instead of Hutchinson's estimate.
+        num_probes (`int`, defaults to 1): Rademacher probes per image for Hutchinson's estimate (their mean is
+            reported, with its standard error for two or more).
+        rtol (`float`, defaults to 1e-5), atol (`float`, defaults to 1e-5): the adaptive solver's tolerances.
+        generator (`torch.Generator`, *optional*): draws the dequantization noise and the probes (all images'
+            before any batching, so the result does not depend on `batch_size`).
+        batch_size (`int`, *optional*): images per ODE solve (default: all at once).
+        method (`str`, defaults to `"dopri5"`): torchdiffeq solver; adaptive `"dopri5"`, `"bosh3"`,
+            `"adaptive_heun"`, or fixed-step `"rk4"`, `"midpoint"`, `"euler"` with `num_steps`.
+        num_steps (`int`, *optional*): steps of a fixed-step method, evenly spaced in t.
+        progress (`Callable`, *optional*): `progress(total=...)` returns a bar (e.g. a pipeline's `progress_bar`),
+            advanced along the ODE's time.
+    """
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch of images (B, C, H, W), got shape {tuple(x0.shape)}")
+    check_bool("dequantize", dequantize)
+    check_bool("exact_trace", exact_trace)
+    check_positive_int("num_probes", num_probes, maximum=MAX_PROBES)
+    _check_solver(method, num_steps, rtol, atol)
+    batch_size = len(x0) if batch_size is None else check_positive_int("batch_size", batch_size)
+    dimensions = x0[0].numel()
+    if exact_trace and dimensions > MAX_EXACT_TRACE_DIMS:
+        raise ValueError(
+            f"exact_trace=True takes {dimensions} backward passes per network call for these {dimensions}-dimensional "
+            f"images; it is offered up to {MAX_EXACT_TRACE_DIMS} dimensions: use Hutchinson's estimate "
+            "(exact_trace=False, num_probes >= 1)"
+        )
+    scheduler.model_timestep(0, time_embedding_type)  # checks the embedding type before any solve
+    if dequantize:
+        _check_on_the_8bit_grid(x0)
+    process = scheduler.noise_process
+    t_end = float(process.num_levels - 1)
+    alpha_end, sigma_end = process.marginal(process.num_levels - 1)
+    x, probes = _random_inputs(x0, dequantize, None if exact_trace else num_probes, generator)
+
+    rows = list(torch.arange(len(x0)).split(batch_size))
+    bar = progress(total=len(rows) * t_end) if progress is not None else None
+    log_density, prior, nfe = [], [], 0
+    for chunk in rows:
+        flow = _ProbabilityFlow(model_fn, scheduler, time_embedding_type, None if probes is None else probes[chunk])
+        if bar is not None:
+            flow.on_time = _advance(bar)
+        x_end, integral = _solve(flow, x[chunk], t_end, method, num_steps, rtol, atol)
+        prior_chunk = _prior_log_density(x_end, alpha_end**2 + sigma_end**2)
+        prior.append(prior_chunk)
+        log_density.append(prior_chunk[:, None] + integral.double())
+        nfe += flow.nfe
+    if bar is not None:
+        bar.close()
+
+    bits = -torch.cat(log_density) / (dimensions * math.log(2.0)) + (DEQUANTIZATION_OFFSET if dequantize else 0.0)
+    if bits.shape[1] > 1:
+        stderr = bits.std(dim=1) / math.sqrt(bits.shape[1])
+    else:
+        stderr = torch.full((len(bits),), 0.0 if exact_trace else math.nan, dtype=bits.dtype)
+    return ODELikelihoodOutput(
+        bits_per_dim=bits.mean(dim=1).float(),
+        bits_per_dim_stderr=stderr.float(),
+        prior_bits_per_dim=(-torch.cat(prior) / (dimensions * math.log(2.0))).float(),
+        nfe=nfe,
+    )
+
+
+def _advance(bar) -> Callable[[float], None]:
+    """Advance `bar` with the furthest time this solve has reached (an adaptive solver may step back)."""
+    reached = [0.0]
+
+    def on_time(t: float) -> None:
+        if t > reached[0]:
+            bar.update(t - reached[0])
+            reached[0] = t
+
+    return on_time
