@@ -8,11 +8,10 @@ from typing import Any
 from .likelihood_report import BASELINE_MODELS, smoothing_label
 
 _Row = tuple[str, str, str]
-_BASELINE_LABELS = {
+_HISTOGRAM_LABELS = {
     "per_pixel_histogram": "per-pixel histogram",
     "per_pixel_histogram_add_one": "per-pixel histogram",
     "shared_histogram": "shared histogram",
-    "uniform_over_levels": "uniform over the",
 }
 
 
@@ -72,9 +71,9 @@ def _likelihood_baseline_rows(baselines: dict[str, Any]) -> list[_Row]:
     for model in (model for model in BASELINE_MODELS if model in baselines):
         entry, spread = baselines[model], baselines[model]["bits_per_dim_stderr"]
         if "smoothing" in entry:
-            name = f"{_BASELINE_LABELS[model]}, {smoothing_label(entry['smoothing'])}"
+            name = f"{_HISTOGRAM_LABELS[model]}, {smoothing_label(entry['smoothing'])}"
         else:  # the uniform model gives every image the same log2(L): no spread to show
-            name, spread = f"{_BASELINE_LABELS[model]} {entry['num_levels']} levels", None
+            name, spread = f"uniform over the {entry['num_levels']} levels", None
         rows.append((f"bits_per_dim reference: {name}", _number(entry["bits_per_dim"], spread), ""))
     return rows
 

@@ -108,8 +108,7 @@ def histogram_baselines(
     shared_counts = counts.sum(0, keepdim=True)  # (1, 256): all N D training pixels
     shared = torch.log(shared_counts + alpha) - math.log(num_train * counts.shape[0] + NUM_VALUES * alpha)
 
-    used = torch.zeros(NUM_VALUES, dtype=torch.bool, device=train_images.device)
-    used[train_images.flatten().unique().long()] = True
+    used = shared_counts[0] > 0  # the values of the training images, then those of the held-out images
     used[held_out_images.flatten().unique().long()] = True
     num_levels = int(used.sum())
 
