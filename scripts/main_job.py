@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job: train an NCSN and a DDPM on the embedded digits on CPU, sample a grid from each, evaluate both
-(bits/dim for the DDPM, classifier-feature metrics beside their real-vs-real baselines for both), and write
-everything under one folder:
+(bits/dim for the DDPM, beside the bits/dim of reference models fitted on the training split; classifier-feature
+metrics beside their real-vs-real baselines for both), and write everything under one folder:
 
     <output_dir>/ncsn/     the NCSN pipeline (safetensors), samples.png, README.md (model card), eval/
     <output_dir>/ddpm/     the same for the DDPM, with eval/elbo_terms.png

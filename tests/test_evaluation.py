@@ -20,6 +20,7 @@ from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 import hf_ddpm_ncsn.evaluation.report as evaluation_report
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
 from hf_ddpm_ncsn.evaluation import (
+    BASELINE_MODELS,
     INCEPTION_MISSING,
     NCSN_HAS_NO_ELBO,
     default_output_dir,
@@ -27,9 +28,11 @@ from hf_ddpm_ncsn.evaluation import (
     format_report,
     generate_samples,
     inception_features,
+    likelihood_baselines_report,
     likelihood_report,
     load_inception_extractor,
     load_pipeline,
+    model_card_metrics,
     resize_images,
     sample_quality,
     write_outputs,
@@ -41,7 +44,13 @@ from hf_ddpm_ncsn.feature_classifier import (
     load_or_train_classifier,
     train_classifier,
 )
-from hf_ddpm_ncsn.likelihood import elbo_bpd, stratified_elbo_bpd, stratified_timesteps, stratum_bounds
+from hf_ddpm_ncsn.likelihood import (
+    elbo_bpd,
+    histogram_baselines,
+    stratified_elbo_bpd,
+    stratified_timesteps,
+    stratum_bounds,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"
@@ -273,8 +282,64 @@ def test_likelihood_report_agrees_with_its_stratified_estimate():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The likelihood's reference models, in the report and the printed table
+BASELINE_ROWS = (
+    "bits_per_dim reference: per-pixel histogram, add-0.01",
+    "bits_per_dim reference: per-pixel histogram, add-one",
+    "bits_per_dim reference: shared histogram, add-0.01",
+    "bits_per_dim reference: uniform over the 17 levels",
+)
+
+
+def _table_value(table: str, metric: str) -> str:
+    line = next(line for line in table.splitlines() if line.startswith(metric + " "))
+    return re.split(r"\s{2,}", line)[1]
+
+
+def test_the_reference_models_are_reported_with_their_smoothing_and_printed_beside_every_bits_per_dim():
+    # training images (0, 255), (0, 0); the held-out image (7, 7) was never seen anywhere, so every model gives it
+    # the probability alpha / denominator per pixel: per-pixel (N + 256 alpha), shared (N D + 256 alpha)
+    train = torch.tensor([[0, 255], [0, 0]], dtype=torch.uint8).view(2, 1, 1, 2)
+    held_out = torch.tensor([[7, 7]], dtype=torch.uint8).view(1, 1, 1, 2)
+    section = likelihood_baselines_report(train, held_out)
+    assert section["num_train_images"] == 2 and section["num_images"] == 1
+    assert section["per_pixel_histogram"]["smoothing"] == 0.01
+    assert section["per_pixel_histogram"]["bits_per_dim"] == pytest.approx(math.log2(4.56 / 0.01), rel=1e-13)
+    assert section["per_pixel_histogram_add_one"]["smoothing"] == 1.0
+    assert section["per_pixel_histogram_add_one"]["bits_per_dim"] == pytest.approx(math.log2(258), rel=1e-13)
+    assert section["shared_histogram"]["smoothing"] == 0.01
+    assert section["shared_histogram"]["bits_per_dim"] == pytest.approx(math.log2(6.56 / 0.01), rel=1e-13)
+    assert section["uniform_over_levels"] == {
+        "num_levels": 3,
+        "bits_per_dim": math.log2(3),
+        "bits_per_dim_stderr": None,
+    }
+    assert "alpha = 0.01 (add-one: alpha = 1)" in section["description"]
+    assert "3 grey levels that occur in the training split or the held-out images" in section["description"]
+
+    ddpm = {"likelihood": {"num_images": 1, "num_timesteps": 4, "bits_per_dim": 5.5, "bits_per_dim_stderr": None}}
+    ncsn = {"likelihood": {"skipped": NCSN_HAS_NO_ELBO}}
+    for report in (ddpm, ncsn):  # a model without a bits/dim still gets the references
+        table = format_report({**report, "likelihood_baselines": section})
+        values = [_table_value(table, row.replace("17", "3")) for row in BASELINE_ROWS]
+        assert values == [f"{math.log2(456):.4g}", f"{math.log2(258):.4g}", f"{math.log2(656):.4g}", "1.585"]
+        assert f"note: {section['description']}" in table.splitlines()
+        metrics = model_card_metrics({**report, "likelihood_baselines": section})
+        assert metrics["bits_per_dim_baseline_per_pixel_histogram"] == section["per_pixel_histogram"]["bits_per_dim"]
+        assert {
+            "bits_per_dim_baseline_per_pixel_histogram_add_one",
+            "bits_per_dim_baseline_shared_histogram",
+            "bits_per_dim_baseline_uniform_over_levels",
+        } <= set(metrics)
+    # the references follow the model's bits/dim directly
+    names = [line.split("  ")[0] for line in format_report({**ddpm, "likelihood_baselines": section}).splitlines()]
+    first = names.index("bits_per_dim (full ELBO, 1 held-out images, T=4)")
+    assert names[first + 1 : first + 5] == [row.replace("17", "3") for row in BASELINE_ROWS]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # evaluate(): loading, outputs, Inception plumbing
-def test_a_diffusers_ddpm_pipeline_folder_is_evaluated_with_its_elbo(tmp_path: Path, cache_root: Path):
+def test_a_diffusers_ddpm_pipeline_folder_is_evaluated_with_its_elbo(tmp_path: Path, cache_root: Path, digits):
     folder = tmp_path / "diffusers-ddpm"
     DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=8)).save_pretrained(folder)
     report = evaluate(
@@ -293,6 +358,20 @@ def test_a_diffusers_ddpm_pipeline_folder_is_evaluated_with_its_elbo(tmp_path: P
     assert {"bits_per_dim", "classifier_frechet_distance", "classifier_frechet_distance_real_baseline"} <= set(
         report["model_card_metrics"]
     )
+    # the reference models: fitted on the training split, measured on the ELBO's 6 held-out images
+    baselines = report["likelihood_baselines"]
+    assert baselines["num_images"] == 6 and baselines["num_train_images"] == len(digits["train"]) == 1617
+    fitted = histogram_baselines(digits["train"], digits["held_out"][:6], smoothing=0.01)
+    add_one = histogram_baselines(digits["train"], digits["held_out"][:6], smoothing=1.0)
+    for name, expected in [
+        ("per_pixel_histogram", fitted.per_pixel),
+        ("per_pixel_histogram_add_one", add_one.per_pixel),
+        ("shared_histogram", fitted.shared),
+        ("uniform_over_levels", fitted.uniform),
+    ]:
+        assert baselines[name]["bits_per_dim"] == pytest.approx(expected.mean().item(), rel=1e-12)
+        assert report["model_card_metrics"][f"bits_per_dim_baseline_{name}"] == baselines[name]["bits_per_dim"]
+    assert baselines["uniform_over_levels"]["num_levels"] == 17
     with pytest.raises(TypeError, match="DDPMPipeline folder loads"):
         load_pipeline(DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=8)))
 
@@ -543,6 +622,10 @@ def test_script_evaluates_a_saved_ddpm_folder(tmp_path: Path, cache_root: Path, 
     assert value == pytest.approx(report["sample_quality"]["classifier_frechet_distance"], rel=1e-3)
     assert baseline == pytest.approx(report["sample_quality"]["classifier_frechet_distance_real_baseline"], rel=1e-3)
     assert "bits_per_dim (full ELBO, 8 held-out images, T=10)" in result.stdout
+    assert report["likelihood_baselines"]["num_images"] == 8  # the ELBO's images
+    for row, name in zip(BASELINE_ROWS, BASELINE_MODELS, strict=True):
+        printed = float(_table_value(result.stdout, row).split(" ± ")[0])
+        assert printed == pytest.approx(report["likelihood_baselines"][name]["bits_per_dim"], rel=1e-3)
     assert INCEPTION_MISSING in result.stdout
     with Image.open(out / "samples.png") as grid:
         assert grid.size == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2)  # 16 samples: 8x8 upscaled to 32 px, 2 px gaps
@@ -561,6 +644,13 @@ def test_script_evaluates_a_saved_ncsn_folder(tmp_path: Path, cache_root: Path, 
     assert report["likelihood"] == {"skipped": NCSN_HAS_NO_ELBO}
     assert (out / "samples.png").is_file() and not (out / "elbo_terms.png").exists()
     assert NCSN_HAS_NO_ELBO in result.stdout
+    # no bits/dim of its own, but the references on all 180 held-out images: the README's numbers for the digits
+    baselines = report["likelihood_baselines"]
+    assert baselines["num_images"] == 180
+    assert [baselines[name]["bits_per_dim"] for name in BASELINE_MODELS] == pytest.approx(
+        [2.4297, 2.6253, 2.9841, math.log2(17)], abs=1e-4
+    )
+    assert all(row in result.stdout for row in BASELINE_ROWS) and baselines["description"] in result.stdout
     assert _baseline_cell(result.stdout, "classifier_kid")[1] == pytest.approx(
         report["sample_quality"]["classifier_kid_real_baseline"], rel=1e-3, abs=1e-4
     )

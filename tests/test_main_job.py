@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from hf_ddpm_ncsn.evaluation import BASELINE_MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,12 +27,22 @@ def test_the_main_job_trains_samples_and_evaluates_both_families(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary) == {"ncsn", "ddpm"}
     assert "bits_per_dim" in summary["ddpm"]["metrics"] and "bits_per_dim" not in summary["ncsn"]["metrics"]
+    # both families stand beside the same reference models: fitted on the same training split, measured on the
+    # same held-out images
+    references = [f"bits_per_dim_baseline_{model}" for model in BASELINE_MODELS]
+    assert [summary["ncsn"]["metrics"][name] for name in references] == [
+        summary["ddpm"]["metrics"][name] for name in references
+    ]
     for family in ("ncsn", "ddpm"):
         metrics = summary[family]["metrics"]
         assert "classifier_frechet_distance_real_baseline" in metrics
         folder = out / family
         for name in ("model_index.json", "samples.png", "README.md", "eval/report.json", "eval/samples.png"):
             assert (folder / name).is_file(), (family, name)
-        assert "classifier_frechet_distance" in (folder / "README.md").read_text()  # the card got the numbers
+        card = (folder / "README.md").read_text()
+        assert "classifier_frechet_distance" in card and "bits_per_dim_baseline_shared_histogram" in card
     assert (out / "ddpm" / "eval" / "elbo_terms.png").is_file() and (out / "loss_curves.png").is_file()
     assert "real-vs-real baseline" in result.stdout
+    for row in ("per-pixel histogram, add-0.01", "per-pixel histogram, add-one", "shared histogram, add-0.01"):
+        assert result.stdout.count(f"bits_per_dim reference: {row}") == 2, row  # in each family's table
+    assert result.stdout.count("bits_per_dim reference: uniform over the 17 levels") == 2

@@ -5,6 +5,11 @@
 - **Likelihood** (DDPM only; NCSN has no ELBO): test-set bits/dim from every term of the bound
   (`DDPMPosteriorPipeline.elbo`), and the unbiased stratified estimate of `hf_ddpm_ncsn.likelihood`
   (log-spaced strata), which needs K instead of T network calls per image.
+- **The likelihood's reference models** (every family): the bits/dim of three simple models fitted on the training
+  split, on the same held-out images (`hf_ddpm_ncsn.likelihood.histogram_baselines`): a per-pixel histogram
+  (add-0.01 and add-one smoothing), one grey-value histogram shared by all pixels (add-0.01), and the uniform
+  distribution over the grey levels that occur in the training split or the held-out images. Every bits/dim is
+  printed beside them.
 - **Sample quality without a network**: a Fréchet distance and a kernel distance (KID's estimator) in the feature
   space of a classifier trained on the dataset's train split (`feature_classifier`), and the class coverage of the
   samples. These are not FID: they are named `classifier_*`, and each one is reported beside its **real-vs-real
@@ -20,7 +25,7 @@ Modules, one job each:
 - `table`: `format_report`, the printed table;
 - `loading`: `load_pipeline`, `default_output_dir`;
 - `sample_quality`: sampling, classifier features, Fréchet / kernel distances, class coverage, memorisation;
-- `likelihood_report`: the full and the stratified ELBO reports, the ELBO-terms plot;
+- `likelihood_report`: the full and the stratified ELBO reports, the reference models' report, the ELBO-terms plot;
 - `inception`: the optional local Inception extractor, FID and KID;
 - `feature_classifier`: the offline feature network and its cache;
 - `metrics`: the metrics as pure functions of features, probabilities and pixels;
@@ -38,7 +43,16 @@ from .inception import (
     inception_metrics,
     load_inception_extractor,
 )
-from .likelihood_report import NCSN_HAS_NO_ELBO, likelihood_report, plot_elbo_terms, stratified_likelihood
+from .likelihood_report import (
+    ADD_ONE_SMOOTHING,
+    BASELINE_MODELS,
+    BASELINE_SMOOTHING,
+    NCSN_HAS_NO_ELBO,
+    likelihood_baselines_report,
+    likelihood_report,
+    plot_elbo_terms,
+    stratified_likelihood,
+)
 from .loading import default_output_dir, load_pipeline
 from .report import CLASSIFIER_SEED, GRID_IMAGES, evaluate, model_card_metrics, write_outputs
 from .sample_quality import (
@@ -54,6 +68,9 @@ from .sample_quality import (
 from .table import format_report
 
 __all__ = [
+    "ADD_ONE_SMOOTHING",
+    "BASELINE_MODELS",
+    "BASELINE_SMOOTHING",
     "CLASSIFIER_SEED",
     "GRID_IMAGES",
     "INCEPTION_MISSING",
@@ -70,6 +87,7 @@ __all__ = [
     "generate_samples",
     "inception_features",
     "inception_metrics",
+    "likelihood_baselines_report",
     "likelihood_report",
     "load_images",
     "load_inception_extractor",

@@ -51,7 +51,9 @@ class EvaluationArguments:
     image_column: str | None = _arg(None, "The image column (default: the first image feature).")
     num_samples: int = _arg(1000, "Images to generate (at least 2).")
     num_elbo_images: int | None = _arg(
-        None, "Held-out images whose bits/dim are computed (DDPM; default: all of them, 180 for the digits)."
+        None,
+        "Held-out images whose bits/dim are computed, the DDPM's and the reference models' (default: all of them, "
+        "180 for the digits).",
     )
     elbo_strata: int = _arg(50, "K of the stratified ELBO estimate, one timestep per stratum and image (0 skips it).")
     batch_size: int = _arg(256, "Images per sampling call, UNet inputs per ELBO call.")

@@ -1,6 +1,7 @@
-"""The likelihood section of an evaluation (DDPM only): test-set bits/dim from every term of the bound, and the
+"""The likelihood sections of an evaluation: test-set bits/dim of a DDPM from every term of the bound, and the
 unbiased stratified estimate (`hf_ddpm_ncsn.likelihood.stratified_elbo_bpd`), which needs K instead of T network
-calls per image."""
+calls per image; and, for every family, the bits/dim of the reference models of
+`hf_ddpm_ncsn.likelihood.histogram_baselines` on the same held-out images, against which a bits/dim is read."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..likelihood import histogram_baselines
 from ..pipelines import DDPMPosteriorPipeline
 from ..plots import line_plot
 
@@ -18,6 +20,14 @@ NCSN_HAS_NO_ELBO = (
     "NCSN has no ELBO: it is a score model sampled by annealed Langevin dynamics, not a latent-variable model, so "
     "it assigns no likelihood and no bits/dim is reported."
 )
+
+
+# the additive smoothing of the histograms: a small pseudo-count (the headline), and Laplace's add-one rule beside
+# it, so that the reader sees how much the reference depends on the smoothing
+BASELINE_SMOOTHING = 0.01
+ADD_ONE_SMOOTHING = 1.0
+# the entries of the report's "likelihood_baselines" section, in the order they are printed
+BASELINE_MODELS = ("per_pixel_histogram", "per_pixel_histogram_add_one", "shared_histogram", "uniform_over_levels")
 
 
 def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float | None]:
@@ -123,3 +133,50 @@ def plot_elbo_terms(terms: list[float], path: str | os.PathLike) -> None:
         ylabel="bits/dim",
         log_y=True,
     )
+
+
+def smoothing_label(smoothing: float) -> str:
+    """How the printed output names an additive smoothing: "add-one" for 1, else "add-<alpha>"."""
+    return "add-one" if smoothing == 1 else f"add-{smoothing:g}"
+
+
+def likelihood_baselines_report(train: torch.Tensor, images: torch.Tensor) -> dict[str, Any]:
+    """Bits/dim of the reference models fitted on the training images, on the held-out images a bits/dim is
+    measured on: per-pixel histogram (add-`BASELINE_SMOOTHING` and add-one), shared histogram
+    (add-`BASELINE_SMOOTHING`), uniform over the grey levels used.
+
+    Args:
+        train (`torch.Tensor`): uint8 (N, C, H, W), the training split.
+        images (`torch.Tensor`): uint8 (B, C, H, W), the held-out images of the likelihood.
+
+    Returns:
+        `dict`: for each model (`per_pixel_histogram`, `per_pixel_histogram_add_one`, `shared_histogram`,
+        `uniform_over_levels`) its mean bits/dim, the standard error over images and its smoothing or number of
+        levels; the image counts, and `description`, one sentence saying what the models are.
+    """
+    start = time.perf_counter()
+    fitted = histogram_baselines(train, images, smoothing=BASELINE_SMOOTHING)
+    add_one = histogram_baselines(train, images, smoothing=ADD_ONE_SMOOTHING)
+
+    def entry(bits_per_dim: torch.Tensor, **details: Any) -> dict[str, Any]:
+        mean, stderr = _mean_and_stderr(bits_per_dim.cpu())
+        return {**details, "bits_per_dim": mean, "bits_per_dim_stderr": stderr}
+
+    description = (
+        f"bits/dim reference models, fitted on the {len(train)} training images and measured on the same "
+        f"{len(images)} held-out images: per-pixel histogram = a categorical distribution over the 256 values at "
+        "each pixel position and channel; shared histogram = one distribution of the values for all pixels "
+        "(pixels i.i.d.); additive smoothing: each histogram adds alpha to the count of each of the 256 values, "
+        f"alpha = {BASELINE_SMOOTHING:g} (add-one: alpha = 1); uniform = uniform over the {fitted.num_levels} grey "
+        "levels that occur in the training split or the held-out images"
+    )
+    return {
+        "num_train_images": len(train),
+        "num_images": len(images),
+        "per_pixel_histogram": entry(fitted.per_pixel, smoothing=fitted.smoothing),
+        "per_pixel_histogram_add_one": entry(add_one.per_pixel, smoothing=add_one.smoothing),
+        "shared_histogram": entry(fitted.shared, smoothing=fitted.smoothing),
+        "uniform_over_levels": entry(fitted.uniform, num_levels=fitted.num_levels),
+        "description": description,
+        "seconds": time.perf_counter() - start,
+    }

@@ -27,7 +27,13 @@ from ..schedulers.validation import check_positive_int
 from ..sharing.atomic import atomic_write_text
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
 from .inception import INCEPTION_MISSING, inception_metrics, load_inception_extractor
-from .likelihood_report import NCSN_HAS_NO_ELBO, likelihood_report, plot_elbo_terms
+from .likelihood_report import (
+    BASELINE_MODELS,
+    NCSN_HAS_NO_ELBO,
+    likelihood_baselines_report,
+    likelihood_report,
+    plot_elbo_terms,
+)
 from .loading import default_output_dir, load_pipeline
 from .sample_quality import check_sampling_arguments, generate_samples, sample_quality
 
@@ -106,7 +112,8 @@ def evaluate(
         train_data_dir (`str`, *optional*): a local image folder instead.
         image_column (`str`, *optional*): the image column.
         num_samples (`int`, defaults to 1000): images to generate.
-        num_elbo_images (`int`, *optional*): held-out images for the likelihood (default: all of them).
+        num_elbo_images (`int`, *optional*): held-out images for the likelihood and its reference models (default:
+            all of them).
         elbo_strata (`int`, defaults to 50): K of the stratified ELBO estimate; 0 skips it.
         batch_size (`int`, defaults to 256): images per sampling call, UNet inputs per ELBO call.
         seed (`int`, defaults to 0): seed of sampling, of the ELBO noise and of the baseline's training images.
@@ -189,11 +196,15 @@ def _measure(
     with _timed(timings, "classifier"):
         classifier_resolution = settings.classifier_resolution or (8 if settings.is_digits else min(resolution, 32))
         classifier, report["classifier"] = _classifier(settings, classifier_resolution, channels)
+    likelihood_images = data.held_out[: settings.num_elbo_images or len(data.held_out)]
     if callable(getattr(pipe, "elbo", None)):  # a latent-variable family: it has a bound
         with _timed(timings, "likelihood"):
-            report["likelihood"] = _likelihood(pipe, data.held_out, settings)
+            report["likelihood"] = _likelihood(pipe, likelihood_images, settings)
     else:
         report["likelihood"] = {"skipped": NCSN_HAS_NO_ELBO}
+    # for every family: a bits/dim is only read against these references, on the same held-out images
+    with _timed(timings, "likelihood_baselines"):
+        report["likelihood_baselines"] = likelihood_baselines_report(data.train, likelihood_images)
     with _timed(timings, "sampling"):
         logger.info("sampling %d images", settings.num_samples)
         samples = generate_samples(
@@ -272,10 +283,9 @@ def _classifier(
     return classifier, section
 
 
-def _likelihood(pipe: DDPMPosteriorPipeline, held_out: torch.Tensor, settings: _Settings) -> dict[str, Any]:
-    elbo_images = held_out[: settings.num_elbo_images or len(held_out)]
-    logger.info("bits/dim of %d held-out images (every ELBO term, then stratified)", len(elbo_images))
-    return likelihood_report(pipe, elbo_images, settings.elbo_strata, settings.batch_size, settings.seed)
+def _likelihood(pipe: DDPMPosteriorPipeline, images: torch.Tensor, settings: _Settings) -> dict[str, Any]:
+    logger.info("bits/dim of %d held-out images (every ELBO term, then stratified)", len(images))
+    return likelihood_report(pipe, images, settings.elbo_strata, settings.batch_size, settings.seed)
 
 
 def _sample_quality(
@@ -314,9 +324,13 @@ def model_card_metrics(report: dict[str, Any]) -> dict[str, float]:
         report (`dict`): a report of `evaluate`.
     """
     elbo, quality = report.get("likelihood", {}), report.get("sample_quality", {})
+    baselines = report.get("likelihood_baselines", {})
     metrics = {
         "bits_per_dim": elbo.get("bits_per_dim"),
         "bits_per_dim_stratified": elbo.get("stratified", {}).get("bits_per_dim"),
+        **{
+            f"bits_per_dim_baseline_{model}": baselines.get(model, {}).get("bits_per_dim") for model in BASELINE_MODELS
+        },
         "classifier_held_out_accuracy": report.get("classifier", {}).get("held_out_accuracy"),
         **{
             name: quality.get(name)

@@ -1,10 +1,18 @@
-"""The printed table of an evaluation report: the headline numbers, each beside its real-vs-real baseline."""
+"""The printed table of an evaluation report: the headline numbers, each beside its real-vs-real baseline, and the
+bits/dim beside the reference models' on the same held-out images."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .likelihood_report import BASELINE_MODELS, smoothing_label
+
 _Row = tuple[str, str, str]
+_HISTOGRAM_LABELS = {
+    "per_pixel_histogram": "per-pixel histogram",
+    "per_pixel_histogram_add_one": "per-pixel histogram",
+    "shared_histogram": "shared histogram",
+}
 
 
 def _number(value: float | None, spread: float | None = None) -> str:
@@ -22,12 +30,15 @@ def format_report(report: dict[str, Any]) -> str:
     """
     elbo, quality = report.get("likelihood", {}), report.get("sample_quality", {})
     classifier, inception = report.get("classifier", {}), report.get("inception", {})
+    baselines = report.get("likelihood_baselines", {})
     rows: list[_Row] = [("metric", "value", "real-vs-real baseline")]
     rows += _likelihood_rows(elbo)
+    rows += _likelihood_baseline_rows(baselines)
     rows += _classifier_rows(quality, classifier)
     rows += _memorisation_rows(quality)
     rows += _inception_rows(inception)
     notes = [section["skipped"] for section in (elbo, classifier, inception) if "skipped" in section]
+    notes += [baselines["description"]] if "description" in baselines else []
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join([_heading(report), *table, *(f"note: {note}" for note in notes)])
@@ -52,6 +63,18 @@ def _likelihood_rows(elbo: dict[str, Any]) -> list[_Row]:
         name = f"bits_per_dim_stratified (K={stratified['num_strata']}, difference to full"
         name += f" {_number(stratified['difference_from_full'], stratified['difference_stderr'])})"
         rows.append((name, _number(stratified["bits_per_dim"], stratified["bits_per_dim_stderr"]), ""))
+    return rows
+
+
+def _likelihood_baseline_rows(baselines: dict[str, Any]) -> list[_Row]:
+    rows: list[_Row] = []
+    for model in (model for model in BASELINE_MODELS if model in baselines):
+        entry, spread = baselines[model], baselines[model]["bits_per_dim_stderr"]
+        if "smoothing" in entry:
+            name = f"{_HISTOGRAM_LABELS[model]}, {smoothing_label(entry['smoothing'])}"
+        else:  # the uniform model gives every image the same log2(L): no spread to show
+            name, spread = f"uniform over the {entry['num_levels']} levels", None
+        rows.append((f"bits_per_dim reference: {name}", _number(entry["bits_per_dim"], spread), ""))
     return rows
 
 

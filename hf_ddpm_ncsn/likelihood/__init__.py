@@ -2,8 +2,11 @@
 
 - `elbo`: the DDPM's ELBO, every term (`elbo_bpd`) or a stratified estimate (`stratified_elbo_bpd`).
 - `probability_flow`: both families' likelihood through the probability-flow ODE (`ode_bpd`).
+- `baselines`: reference bits/dim of simple models fitted on a training split (`histogram_baselines`: a per-pixel
+  histogram, one histogram shared by all pixels, the uniform distribution over the grey levels used).
 """
 
+from .baselines import HistogramBaselines, histogram_baselines
 from .elbo import (
     BIN_HALF_WIDTH,
     SPACINGS,
@@ -25,11 +28,13 @@ __all__ = [
     "BIN_HALF_WIDTH",
     "SPACINGS",
     "ELBOOutput",
+    "HistogramBaselines",
     "ModelFn",
     "ODELikelihoodOutput",
     "StratifiedELBOOutput",
     "discretized_gaussian_log_likelihood",
     "elbo_bpd",
+    "histogram_baselines",
     "normal_kl",
     "ode_bpd",
     "prior_bpd",
