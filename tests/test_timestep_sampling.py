@@ -114,6 +114,10 @@ def test_sampling_follows_the_probabilities():
     n = 2**20
     counts = torch.bincount(sample_timesteps(p, torch.arange(n, dtype=torch.float64) / n), minlength=5)
     assert len(counts) == 5 and ((counts - n * p).abs() <= 1).all(), (counts, n * p)
+    # with dyadic probabilities the grid hits the interval ends exactly: each [P(t < k), P(t <= k)) holds N p_k
+    dyadic = torch.tensor([0.25, 0.125, 0.125, 0.5], dtype=torch.float64)
+    grid = sample_timesteps(dyadic, torch.arange(64, dtype=torch.float64) / 64)
+    assert torch.bincount(grid, minlength=4).tolist() == [16, 8, 8, 32] and grid[16] == 1
     # a large seeded draw of the warm sampler: every count within 6 binomial standard deviations (p_2 = 0.0002)
     sampler = _warm_sampler(history)
     draws = 400_000
