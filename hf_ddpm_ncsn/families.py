@@ -22,6 +22,7 @@ from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from .pipelines.shareable_pipeline import ShareablePipeline
 from .schedulers import DDPMPosteriorScheduler, NCSNScheduler
 from .training.arguments import DDPMArguments, NCSNArguments, TrainingArguments
+from .training.timestep_sampling import LossSecondMomentSampler
 from .unets import build_unet, default_unet_config, load_unet_config
 
 __all__ = [
@@ -87,8 +88,13 @@ class Family:
         raise NotImplementedError
 
     def loss_terms(self, model, scheduler, x0: torch.Tensor) -> LossTerms:
-        """The per-sample training loss and its named parts."""
+        """The per-sample training loss and its named parts. A family whose `timestep_sampler` returns a sampler
+        also takes `timesteps=` (B,), the sampler's draws, and leaves the weighting to the caller."""
         raise NotImplementedError
+
+    def timestep_sampler(self, scheduler) -> LossSecondMomentSampler | None:
+        """The importance sampler of training timesteps, or None when the loss draws them uniformly itself."""
+        return None
 
     def loss(self, model, scheduler, x0: torch.Tensor) -> torch.Tensor:
         """The batch loss training minimises."""
@@ -229,8 +235,18 @@ class DDPMFamily(Family):
         learned = self.args.variance_type in ("learned", "learned_range")
         return build_unet(config, resolution, channels, 2 * channels if learned else channels)
 
-    def loss_terms(self, model, scheduler: DDPMPosteriorScheduler, x0: torch.Tensor) -> LossTerms:
-        return ddpm_loss_terms(model, scheduler, x0, loss_type=self.args.loss_type, vlb_weight=self.args.vlb_weight)
+    def loss_terms(
+        self, model, scheduler: DDPMPosteriorScheduler, x0: torch.Tensor, timesteps: torch.Tensor | None = None
+    ) -> LossTerms:
+        a = self.args
+        return ddpm_loss_terms(
+            model, scheduler, x0, loss_type=a.loss_type, vlb_weight=a.vlb_weight, timesteps=timesteps
+        )
+
+    def timestep_sampler(self, scheduler: DDPMPosteriorScheduler) -> LossSecondMomentSampler | None:
+        if self.args.timestep_sampler == "uniform":
+            return None
+        return LossSecondMomentSampler(scheduler.config.num_train_timesteps)
 
     def sample_kwargs(self) -> dict[str, Any]:
         steps = self.args.ddpm_num_inference_steps

@@ -48,6 +48,16 @@ class LossTerms:
         """The batch loss: the mean of the per-sample losses."""
         return self.loss.mean()
 
+    def weighted(self, weights: torch.Tensor) -> LossTerms:
+        """The terms of an importance-sampled batch: the loss and every part times each sample's weight 1 / (T p_t),
+        so that each batch mean stays an unbiased estimate of its mean over uniformly drawn timesteps.
+
+        Args:
+            weights (`torch.Tensor` of shape (B,)): the weight of each sample.
+        """
+        weights = weights.to(device=self.loss.device, dtype=self.loss.dtype)
+        return LossTerms(self.loss * weights, {name: part * weights for name, part in self.parts.items()})
+
 
 def _uniform_timesteps(num: int, batch: int, device, generator: torch.Generator | None) -> torch.Tensor:
     gen_device = generator.device if generator is not None else device
@@ -103,9 +113,10 @@ def ddpm_loss_terms(
     loss_type: str = "simple",
     vlb_weight: float = 0.001,
     generator: torch.Generator | None = None,
+    timesteps: torch.Tensor | None = None,
 ) -> LossTerms:
-    """DDPM training loss per sample with t uniform over the T timesteps; parts `"mse"` and/or `"vlb"` (the
-    unweighted T * L_t).
+    """DDPM training loss per sample with t uniform over the T timesteps (or the given `timesteps`); parts `"mse"`
+    and/or `"vlb"` (the unweighted T * L_t).
 
     - `"simple"`: ||target - output||^2 averaged over pixels (Ho et al. 2020), the target being the noise, x_0 or
       v according to the scheduler's `prediction_type`.
@@ -121,6 +132,8 @@ def ddpm_loss_terms(
         loss_type (`str`, defaults to `"simple"`): `"simple"`, `"vlb"` or `"hybrid"`.
         vlb_weight (`float`, defaults to 0.001): lambda of the hybrid loss.
         generator (`torch.Generator`, *optional*): random generator for timesteps and noise.
+        timesteps (`torch.Tensor` of shape (B,), *optional*): the batch's timesteps, e.g. from an importance
+            sampler (`training.timestep_sampling`); default: uniform draws. The loss is not weighted here.
     """
     check_choice("loss_type", loss_type, DDPM_LOSS_TYPES)
     learned_variance = scheduler.config.variance_type in ("learned", "learned_range")
@@ -130,7 +143,15 @@ def ddpm_loss_terms(
             "use loss_type 'hybrid' or 'vlb'"
         )
     num_timesteps = scheduler.config.num_train_timesteps
-    t = _uniform_timesteps(num_timesteps, x0.shape[0], x0.device, generator)
+    if timesteps is None:
+        t = _uniform_timesteps(num_timesteps, x0.shape[0], x0.device, generator)
+    elif timesteps.shape != (x0.shape[0],) or timesteps.dtype != torch.int64:
+        raise ValueError(
+            f"timesteps must be an int64 tensor of shape ({x0.shape[0]},), got {timesteps.dtype} of "
+            f"shape {tuple(timesteps.shape)}"
+        )
+    else:
+        t = timesteps.to(x0.device)
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     process = scheduler.noise_process
     x_t = process.add_noise(x0, noise, t)
@@ -155,6 +176,7 @@ def ddpm_loss(
     loss_type: str = "simple",
     vlb_weight: float = 0.001,
     generator: torch.Generator | None = None,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The batch mean of `ddpm_loss_terms` (same arguments)."""
-    return ddpm_loss_terms(model, scheduler, x0, loss_type, vlb_weight, generator).mean()
+    return ddpm_loss_terms(model, scheduler, x0, loss_type, vlb_weight, generator, timesteps).mean()

@@ -301,6 +301,21 @@ def test_a_corrupt_image_is_reported_not_skipped(tmp_path, capsys):
         ("ddpm", ["--model_config_name_or_path", "configs/unet.json"], "does not exist"),
         ("ddpm", ["--model_config_name_or_path", "user/unet", "--block_out_channels", "8"], "cannot be combined"),
         ("ddpm", ["--model_config_name_or_path", "user/unet", "--layers_per_block", "2"], "cannot be combined"),
+        ("ddpm", ["--logsnr_max", "nan"], "--logsnr_max must be a finite number in [-20, 16]"),
+        ("ddpm", ["--logsnr_max", "17"], "--logsnr_max must be a finite number in [-20, 16]"),
+        ("ddpm", ["--logsnr_min=-inf"], "--logsnr_min must be a finite number in [-20, 16]"),
+        ("ddpm", ["--logsnr_min", "-21"], "--logsnr_min must be a finite number in [-20, 16]"),
+        (
+            "ddpm",
+            ["--ddpm_beta_schedule", "linear-logsnr", "--logsnr_max", "-5", "--logsnr_min", "-5"],
+            "--logsnr_max (-5) must exceed --logsnr_min (-5)",
+        ),
+        ("ddpm", ["--logsnr_min", "-12"], "--logsnr_min: used by --ddpm_beta_schedule linear-logsnr only, not linear"),
+        (
+            "ddpm",
+            ["--ddpm_beta_schedule", "linear-logsnr", "--beta_start", "1e-5", "--beta_end", "0.01"],
+            "--beta_start and --beta_end: not used by --ddpm_beta_schedule linear-logsnr",
+        ),
     ],
 )
 def test_bad_arguments_are_named_at_parse_time(tmp_path, capsys, family, argv, match):
@@ -433,6 +448,13 @@ def test_a_checkpoint_records_its_run(ddpm_checkpoint):
         ("ddpm", TINY_DDPM + ["--block_out_channels", "16", "32"], "UNet config block_out_channels"),
         ("ddpm", TINY_DDPM + ["--use_ema", "false"], "--use_ema: checkpoint True, now False"),
         ("ddpm", TINY_DDPM + ["--loss_type", "vlb"], "--loss_type: checkpoint 'simple', now 'vlb'"),
+        (
+            "ddpm",
+            TINY_DDPM + ["--timestep_sampler", "loss-second-moment"],
+            "--timestep_sampler: checkpoint 'uniform', now 'loss-second-moment'",
+        ),
+        # a schedule's 20 trained_betas are named by their ends and count, not printed whole
+        ("ddpm", TINY_DDPM + ["--ddpm_beta_schedule", "linear-logsnr"], "(20 values)"),
     ],
 )
 def test_resuming_another_run_stops_before_training_and_names_the_mismatch(
@@ -452,6 +474,21 @@ def test_resuming_another_run_stops_before_training_and_names_the_mismatch(
     err = capsys.readouterr().err
     assert f"cannot resume {ddpm_checkpoint}" in err and match in err
     assert not list_checkpoints(out) and not (out / "model_index.json").exists()
+
+
+def test_a_checkpoint_from_before_an_argument_existed_resumes_as_its_default(ddpm_checkpoint, tmp_path, capsys):
+    older = tmp_path / "checkpoint-2"
+    shutil.copytree(ddpm_checkpoint, older)
+    state = json.loads((older / "training_state.json").read_text())
+    for name in ("timestep_sampler", "logsnr_max", "logsnr_min"):  # what checkpoints recorded before these existed
+        del state["arguments"][name]
+    (older / "training_state.json").write_text(json.dumps(state))
+    argv = ["--max_train_steps", "4", *TINY_DDPM, "--resume_from_checkpoint", str(older)]
+    sampled = ["--output_dir", str(tmp_path / "sampled"), *argv, "--timestep_sampler", "loss-second-moment"]
+    assert main("ddpm", sampled) == 1  # it ran with the default, uniform sampler
+    assert "--timestep_sampler: checkpoint 'uniform', now 'loss-second-moment'" in capsys.readouterr().err
+    assert main("ddpm", ["--output_dir", str(tmp_path / "out"), *argv]) == 0
+    assert "--logsnr" not in capsys.readouterr().err  # no change to report either
 
 
 def test_a_checkpoint_without_a_run_record_is_refused(ddpm_checkpoint, tmp_path, capsys):

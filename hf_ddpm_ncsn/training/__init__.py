@@ -8,6 +8,7 @@ Modules, one job each:
 - `checkpoints`: checkpoint folders on disk (complete or absent, one lineage); `resume`: resuming one of them.
 - `build`: setting a run up (data, scheduler, UNet, EMA, optimizer, resumed state).
 - `loop`: the optimisation steps, logging, checkpoints and previews at their steps; `train`.
+- `timestep_sampling`: importance sampling of DDPM timesteps by the loss's second moment (its state checkpointed).
 - `saving`: what a run writes (checkpoints, previews, the final pipeline, the push); `model_card`: its card.
 - `process_report`: per-process digests for the distributed tests, with `HF_DDPM_NCSN_PROCESS_REPORT=1` only.
 - `cli`: `main`, the scripts' entry point.

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from diffusers.optimization import SchedulerType
@@ -21,12 +21,13 @@ from transformers import HfArgumentParser
 from ..argument_errors import describe_unknown_flags
 from ..losses import DDPM_LOSS_TYPES
 from ..schedulers import DDPMPosteriorScheduler
-from ..schedulers.beta_schedules import BETA_SCHEDULES
+from ..schedulers.beta_schedules import BETA_SCHEDULES, LINEAR_LOGSNR, LOGSNR_RANGE, linear_logsnr_betas
 from ..schedulers.scheduling_ddpm_posterior import MAX_TRAIN_TIMESTEPS, VARIANCE_TYPES
 from ..schedulers.scheduling_ddpm_posterior import PREDICTION_TYPES as DDPM_PREDICTION_TYPES
 from ..schedulers.scheduling_ncsn import MAX_CHAIN_LENGTH, MAX_NOISE_LEVELS
 from ..sharing.atomic import check_replaceable
 from .config import config_to_argv
+from .timestep_sampling import TIMESTEP_SAMPLERS
 
 __all__ = ["DDPMArguments", "NCSNArguments", "TrainingArguments", "parse_training_arguments"]
 
@@ -204,17 +205,39 @@ class NCSNArguments:
 
 @dataclass
 class DDPMArguments:
-    """Diffusion schedule, parameterisation and training loss."""
+    """Diffusion schedule, parameterisation, training loss and timestep sampling."""
 
     ddpm_num_steps: int = _arg(1000, "Diffusion steps T.")
     ddpm_num_inference_steps: int | None = _arg(None, "Sampling steps of the previews and grid (default: T).")
-    ddpm_beta_schedule: str = _arg("linear", "Beta schedule.", choices=list(BETA_SCHEDULES))
-    beta_start: float = _arg(1e-4, "First beta.")
-    beta_end: float = _arg(0.02, "Last beta.")
+    ddpm_beta_schedule: str = _arg(
+        "linear",
+        f"Beta schedule: diffusers' names, or {LINEAR_LOGSNR} (log-SNR linear from --logsnr_max at the first "
+        "timestep to --logsnr_min at the last; saved as the scheduler's trained_betas, so diffusers loads it).",
+        choices=[*BETA_SCHEDULES, LINEAR_LOGSNR],
+    )
+    beta_start: float = _arg(1e-4, f"First beta (not used by {LINEAR_LOGSNR}).")
+    beta_end: float = _arg(0.02, f"Last beta (not used by {LINEAR_LOGSNR}).")
+    logsnr_max: float = _arg(
+        13.0,
+        f"{LINEAR_LOGSNR}: log(alpha_bar / (1 - alpha_bar)) at the first timestep, in "
+        f"[{LOGSNR_RANGE[0]:g}, {LOGSNR_RANGE[1]:g}]; larger: a smaller first variance, a lower decoder floor.",
+    )
+    logsnr_min: float = _arg(
+        -10.0,
+        f"{LINEAR_LOGSNR}: log-SNR at the last timestep, in [{LOGSNR_RANGE[0]:g}, {LOGSNR_RANGE[1]:g}] and below "
+        "--logsnr_max (-10 is where the linear T = 1000 schedule ends).",
+    )
     variance_type: str = _arg("fixed_small", "Reverse-process variance.", choices=list(VARIANCE_TYPES))
     prediction_type: str = _arg("epsilon", "What the UNet predicts.", choices=list(DDPM_PREDICTION_TYPES))
     loss_type: str = _arg("simple", "simple (eps MSE), vlb (the true bound) or hybrid.", choices=list(DDPM_LOSS_TYPES))
     vlb_weight: float = _arg(0.001, "lambda of the hybrid loss.")
+    timestep_sampler: str = _arg(
+        "uniform",
+        "How training draws timesteps: uniform, or loss-second-moment (Nichol & Dhariwal 2021: p_t proportional "
+        "to the RMS of each timestep's last 10 losses, mixed with 0.001 uniform, losses weighted by 1 / (T p_t); "
+        "uniform until every timestep has 10). Unbiased for every --loss_type; meant for vlb.",
+        choices=list(TIMESTEP_SAMPLERS),
+    )
 
     def __post_init__(self) -> None:
         if not 2 <= self.ddpm_num_steps <= MAX_TRAIN_TIMESTEPS:
@@ -227,14 +250,42 @@ class DDPMArguments:
                 f"--loss_type simple does not train the variance of --variance_type {self.variance_type}; "
                 "use --loss_type hybrid or vlb"
             )
+        self._check_schedule_flags()
         try:  # the scheduler checks the schedule itself (betas in (0, 1]), here rather than after loading the data
             DDPMPosteriorScheduler(**self.scheduler_kwargs())
         except ValueError as err:
             raise ValueError(f"--beta_start / --beta_end / --ddpm_beta_schedule: {err}") from None
 
+    def _check_schedule_flags(self) -> None:
+        """The log-SNR ends are finite, bounded and ordered; flags of the other kind of schedule than the one chosen
+        are refused rather than silently ignored (a flag is taken as given when it differs from its default)."""
+        low, high = LOGSNR_RANGE
+        for name in ("logsnr_max", "logsnr_min"):
+            _check_number(name, getattr(self, name), low=low, high=high, include_low=True, include_high=True)
+        if self.logsnr_max <= self.logsnr_min:
+            raise ValueError(f"--logsnr_max ({self.logsnr_max:g}) must exceed --logsnr_min ({self.logsnr_min:g})")
+        uses_logsnr = self.ddpm_beta_schedule == LINEAR_LOGSNR
+        unused = ("beta_start", "beta_end") if uses_logsnr else ("logsnr_max", "logsnr_min")
+        given = [name for name in unused if getattr(self, name) != _default(DDPMArguments, name)]
+        if given:
+            flags = " and ".join(f"--{name}" for name in given)
+            if uses_logsnr:
+                raise ValueError(
+                    f"{flags}: not used by --ddpm_beta_schedule {LINEAR_LOGSNR}, whose ends are --logsnr_max and "
+                    "--logsnr_min"
+                )
+            raise ValueError(
+                f"{flags}: used by --ddpm_beta_schedule {LINEAR_LOGSNR} only, not {self.ddpm_beta_schedule}"
+            )
+
     def scheduler_kwargs(self) -> dict[str, Any]:
-        """The `DDPMPosteriorScheduler` arguments these settings describe."""
-        return {
+        """The `DDPMPosteriorScheduler` arguments these settings describe.
+
+        The log-SNR schedule is not a diffusers name: its betas go in as `trained_betas`, which diffusers'
+        schedulers read before (and instead of) `beta_schedule`, so a saved folder loads in diffusers too; the config
+        keeps the name for people and records the schedule's real first and last betas as `beta_start`/`beta_end`.
+        """
+        kwargs = {
             "num_train_timesteps": self.ddpm_num_steps,
             "beta_schedule": self.ddpm_beta_schedule,
             "beta_start": self.beta_start,
@@ -242,6 +293,14 @@ class DDPMArguments:
             "variance_type": self.variance_type,
             "prediction_type": self.prediction_type,
         }
+        if self.ddpm_beta_schedule == LINEAR_LOGSNR:
+            betas = linear_logsnr_betas(self.ddpm_num_steps, self.logsnr_max, self.logsnr_min)
+            kwargs.update(beta_start=float(betas[0]), beta_end=float(betas[-1]), trained_betas=betas.tolist())
+        return kwargs
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
 def _check_positive(name: str, value: int, allow_zero: bool = False) -> None:

@@ -18,13 +18,14 @@ from ..data import check_images, infer_channels, load_image_dataset, make_datalo
 from ..families import unet_config
 from .checkpoints import move_aside_other_lineages, new_lineage
 from .processes import on_main_process
-from .resume import ResumePoint, check_resumable, resolve_resume_checkpoint, restore, run_record
+from .resume import ResumePoint, argument_defaults, check_resumable, resolve_resume_checkpoint, restore, run_record
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from ..families import Family
     from .arguments import TrainingArguments
+    from .timestep_sampling import LossSecondMomentSampler
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TrainingRun:
     loss_history: list[tuple[int, float]] = field(default_factory=list)  # the steps this process ran
     images_seen: int = 0
     first_batch_digest: str | None = None
+    timestep_sampler: LossSecondMomentSampler | None = None  # None: the loss draws timesteps uniformly itself
 
     @property
     def num_epochs(self) -> int:
@@ -64,8 +66,9 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     """Set the run up on every process (the output folder is already prepared); resume when asked."""
     # every check that can refuse the run comes before the data is loaded, and runs on every process
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    defaults = argument_defaults(family)
     if resume is not None:
-        check_resumable(resume, run_record(args, family, accelerator.num_processes))
+        check_resumable(resume, run_record(args, family, accelerator.num_processes), argument_defaults=defaults)
     base_unet_config = unet_config(args)
 
     dataset, channels, dataloader = load_data(args)  # a bad path, column or image stops the run here
@@ -75,7 +78,7 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     unet = family.build_unet(base_unet_config, args.resolution, channels)
     record = run_record(args, family, accelerator.num_processes, unet, scheduler)
     if resume is not None:
-        for change in check_resumable(resume, record, family.sampling_config_keys):
+        for change in check_resumable(resume, record, family.sampling_config_keys, defaults):
             logger.info("Resuming %s with a changed setting: %s", resume.path.name, change)
     ema = build_ema(args, unet)
     optimizer = build_optimizer(args, unet)
@@ -91,6 +94,10 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    # after the EMA, so a checkpoint's custom_checkpoint_<i> files keep their order (both are run-defining)
+    timestep_sampler = family.timestep_sampler(scheduler)
+    if timestep_sampler is not None:
+        accelerator.register_for_checkpointing(timestep_sampler)
     set_seed(args.seed, device_specific=True)  # different noise on every process
 
     global_step, last_loss = restore(accelerator, resume, args, optimizer, lr_scheduler, ema)
@@ -98,7 +105,7 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     on_main_process(accelerator, lambda: move_aside_other_lineages(args.output_dir, lineage))
     run = TrainingRun(
         args, family, accelerator, dataloader, scheduler, unet, ema, optimizer, lr_scheduler, record, lineage,
-        steps_per_epoch, max_train_steps, global_step, last_loss,
+        steps_per_epoch, max_train_steps, global_step, last_loss, timestep_sampler=timestep_sampler,
     )  # fmt: skip
     _start_trackers(run)
     _log_start(run, len(dataset), channels)

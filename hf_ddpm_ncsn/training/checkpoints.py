@@ -66,6 +66,7 @@ RUN_DEFINING_ARGUMENTS = (
     "ema_max_decay",
     "loss_type",
     "vlb_weight",
+    "timestep_sampler",
 )
 # Arguments that only say where things go or which checkpoint to start from: not worth a log line when they change.
 _LOCATION_ARGUMENTS = ("output_dir", "resume_from_checkpoint", "cache_dir", "model_config_name_or_path")
@@ -219,7 +220,10 @@ def _move_aside(paths: list[Path], root: Path, tag: str) -> list[Path]:
 # ------------------------------------------------------------------------------------------------------------
 # What a checkpoint records about its run, and whether a new run may resume it
 def resume_problems(
-    saved: Mapping[str, Any], current: Mapping[str, Any], sampling_only_keys: Iterable[str] = ()
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    sampling_only_keys: Iterable[str] = (),
+    argument_defaults: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Differences between the run a checkpoint recorded and the run about to resume it.
 
@@ -229,6 +233,8 @@ def resume_problems(
         current (`Mapping`): the same keys for the new run; `unet_config` and `scheduler_config` may be missing
             (not built yet), and are then not compared.
         sampling_only_keys (`Iterable[str]`): scheduler config keys that only affect sampling (they may change).
+        argument_defaults (`Mapping`, *optional*): each argument's default, which stands in for an argument the
+            checkpoint does not record: it was written before the argument existed, and ran as its default does.
 
     Returns:
         `tuple`: (mismatches that forbid resuming, legitimate changes to log), each a list of readable lines.
@@ -247,14 +253,23 @@ def resume_problems(
         for name in sorted(set(saved[key]) | set(current[key])):
             before, after = saved[key].get(name), current[key].get(name)
             if not name.startswith("_") and name not in ignored and before != after:
-                mismatches.append(f"{label} {name}: checkpoint {before!r}, now {after!r}")
+                mismatches.append(f"{label} {name}: checkpoint {_brief(before)}, now {_brief(after)}")
     if saved["num_processes"] != current["num_processes"]:
         mismatches.append(f"processes: checkpoint {saved['num_processes']}, now {current['num_processes']}")
     changes = []
+    defaults = to_json_value(dict(argument_defaults or {}))
     for name in sorted(set(saved["arguments"]) | set(current["arguments"])):
-        before, after = saved["arguments"].get(name), current["arguments"].get(name)
+        before = saved["arguments"].get(name, defaults.get(name))
+        after = current["arguments"].get(name)
         if before == after or name in _LOCATION_ARGUMENTS:
             continue
-        line = f"--{name}: checkpoint {before!r}, now {after!r}"
+        line = f"--{name}: checkpoint {_brief(before)}, now {_brief(after)}"
         (mismatches if name in RUN_DEFINING_ARGUMENTS else changes).append(line)
     return mismatches, changes
+
+
+def _brief(value: Any, limit: int = 8) -> str:
+    """`repr(value)`, with a long list (a schedule's `trained_betas`) cut to its ends and its length."""
+    if isinstance(value, list) and len(value) > limit:
+        return f"[{value[0]!r}, {value[1]!r}, ..., {value[-1]!r}] ({len(value)} values)"
+    return repr(value)

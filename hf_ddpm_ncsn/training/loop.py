@@ -24,9 +24,11 @@ from .checkpoints import list_checkpoints
 from .process_report import digest, process_report_enabled, write_process_report
 from .processes import build_accelerator, on_main_process
 from .saving import finish, prepare_output_dir, preview, save_checkpoint
+from .timestep_sampling import check_same_state_on_every_process, gather_losses
 
 if TYPE_CHECKING:
     from ..families import Family
+    from ..losses import LossTerms
     from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -78,9 +80,13 @@ def train(args: TrainingArguments, family: Family) -> TrainingSummary:
     progress.close()
     wall = time.perf_counter() - start
     accelerator.wait_for_everyone()
+    if run.timestep_sampler is not None:
+        check_same_state_on_every_process(accelerator, run.timestep_sampler)
     if process_report_enabled():
         folder = Path(args.output_dir) / args.logging_dir
-        write_process_report(accelerator, folder, run.unet, run.first_batch_digest, run.global_step)
+        write_process_report(
+            accelerator, folder, run.unet, run.first_batch_digest, run.global_step, run.timestep_sampler
+        )
         accelerator.wait_for_everyone()  # every report is written before the main process republishes the folder
 
     summary = _summary(run, wall)
@@ -123,7 +129,7 @@ def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> dict[str, torch.Te
     if run.first_batch_digest is None and process_report_enabled():
         run.first_batch_digest = digest([x0])
     with accelerator.accumulate(unet):
-        terms = run.family.loss_terms(unet, run.scheduler, x0)
+        terms = _loss_terms(run, x0)
         loss = terms.mean()
         accelerator.backward(loss)
         if accelerator.sync_gradients and run.args.max_grad_norm > 0:
@@ -135,6 +141,24 @@ def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> dict[str, torch.Te
     if len(terms.parts) < 2:
         return {"loss": loss.detach()}
     return {"loss": loss.detach(), **{f"loss_{name}": part.detach().mean() for name, part in terms.parts.items()}}
+
+
+def _loss_terms(run: TrainingRun, x0: torch.Tensor) -> LossTerms:
+    """The batch's per-sample loss terms: the family's own (uniform timesteps), or, with an importance sampler, the
+    terms at the sampler's timesteps weighted by 1 / (T p_t), after every process's unweighted losses have entered
+    the sampler's history."""
+    sampler = run.timestep_sampler
+    if sampler is None:
+        return run.family.loss_terms(run.unet, run.scheduler, x0)
+    was_warm = sampler.warm
+    timesteps, weights = sampler.sample(len(x0), x0.device)
+    terms = run.family.loss_terms(run.unet, run.scheduler, x0, timesteps=timesteps)
+    sampler.update(*gather_losses(run.accelerator, timesteps, terms.loss))
+    if sampler.warm and not was_warm:
+        logger.info(
+            "Every timestep has %d losses: sampling timesteps by their loss from now on", sampler.history.shape[1]
+        )
+    return terms.weighted(weights)
 
 
 def _end_step(run: TrainingRun, losses: dict[str, torch.Tensor], progress: tqdm) -> None:
@@ -149,6 +173,8 @@ def _end_step(run: TrainingRun, losses: dict[str, torch.Tensor], progress: tqdm)
     _log_step(run, means, progress)
     args, step = run.args, run.global_step
     if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        if run.timestep_sampler is not None:  # only the main process's copy is saved: it must be everyone's
+            check_same_state_on_every_process(run.accelerator, run.timestep_sampler)
         state = {**run.record, "run_id": run.lineage[-1][0], "lineage": run.lineage, "last_loss": mean_loss}
         save_checkpoint(run.accelerator, args.output_dir, step, args.checkpoints_total_limit, state)
     if args.save_images_steps and step % args.save_images_steps == 0:

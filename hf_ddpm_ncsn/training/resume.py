@@ -4,11 +4,12 @@ new run may continue it, and restoring its state."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..json_utils import to_json_value
+from .arguments import TrainingArguments
 from .checkpoints import STATE_FILE, list_checkpoints, read_state, resume_problems
 
 if TYPE_CHECKING:
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     from diffusers.training_utils import EMAModel
 
     from ..families import Family
-    from .arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,10 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
 
 
 def check_resumable(
-    resume: ResumePoint, record: dict[str, Any], sampling_config_keys: tuple[str, ...] = ()
+    resume: ResumePoint,
+    record: dict[str, Any],
+    sampling_config_keys: tuple[str, ...] = (),
+    argument_defaults: dict[str, Any] | None = None,
 ) -> list[str]:
     """Raise if the run of `record` cannot resume `resume`; return the legitimate changes (to be logged).
 
@@ -67,11 +70,13 @@ def check_resumable(
         resume (`ResumePoint`): the checkpoint.
         record (`dict`): the new run's record (`run_record`).
         sampling_config_keys (`tuple[str, ...]`): scheduler config keys a resumed run may change.
+        argument_defaults (`dict`, *optional*): the arguments' defaults (`argument_defaults`), taken for those a
+            checkpoint written by an earlier version does not record.
 
     Raises:
         `ValueError`: the checkpoint belongs to another run; the message lists every mismatch.
     """
-    mismatches, changes = resume_problems(resume.state, record, sampling_config_keys)
+    mismatches, changes = resume_problems(resume.state, record, sampling_config_keys, argument_defaults)
     if mismatches:
         raise ValueError(
             f"cannot resume {resume.path}: it belongs to another run.\n  "
@@ -85,6 +90,13 @@ def public_arguments(args: TrainingArguments, family: Family) -> dict[str, Any]:
     """Arguments worth recording (checkpoints, trackers, model card): everything but the token."""
     values = {**vars(args), **vars(family.args)}
     values.pop("hub_token", None)
+    return to_json_value(values)
+
+
+def argument_defaults(family: Family) -> dict[str, Any]:
+    """The default of every argument of the run (common and the family's)."""
+    classes = (TrainingArguments, family.arguments_class)
+    values = {f.name: f.default for cls in classes for f in fields(cls) if f.default is not MISSING}
     return to_json_value(values)
 
 
