@@ -18,6 +18,7 @@ from support.fault_injection import crash_points
 from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 import hf_ddpm_ncsn.evaluation.report as evaluation_report
+from hf_ddpm_ncsn.evaluation.likelihood_report import ode_likelihood_report
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
 from hf_ddpm_ncsn.evaluation import (
     BASELINE_MODELS,
@@ -265,6 +266,26 @@ def test_stratification_beats_uniform_timesteps_and_log_strata_beat_equal_ones()
     linear, log = (_draws(model, scheduler, x0, 5, spacing, seed=4) for spacing in ("linear", "log"))
     assert linear.var() < uniform.var() / 5
     assert log.var() < linear.var() / 10
+
+
+def test_ode_likelihood_report_is_the_pipelines_ode_on_its_own_noise():
+    """Mean and standard error over images of `ode_likelihood` with seed + 2 (the ELBO's noise is seed's, the
+    stratified estimate's seed + 1), with the solver settings it states."""
+    pipe = tiny_ddpm()
+    images = torch.randint(0, 256, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    report = ode_likelihood_report(pipe, images, num_probes=2, rtol=1e-4, atol=1e-4, batch_size=2, seed=5)
+    direct = pipe.ode_likelihood(
+        images, generator=torch.Generator().manual_seed(7), batch_size=2, num_probes=2, rtol=1e-4, atol=1e-4
+    )
+    bits = direct.bits_per_dim.double()
+    assert report["bits_per_dim"] == pytest.approx(bits.mean().item(), rel=1e-12)
+    assert report["bits_per_dim_stderr"] == pytest.approx(bits.std().item() / 2, rel=1e-12)
+    assert report["prior_bpd"] == pytest.approx(direct.prior_bits_per_dim.double().mean().item(), rel=1e-12)
+    assert (report["nfe"], report["num_images"], report["num_probes"], report["rtol"]) == (direct.nfe, 4, 2, 1e-4)
+    with pytest.raises(ValueError, match="ode_probes"):
+        evaluate("no/such-repo", ode_probes=0)  # refused before anything is loaded
+    with pytest.raises(ValueError, match="ode_rtol"):
+        evaluate("no/such-repo", ode_rtol=0.0)
 
 
 def test_likelihood_report_agrees_with_its_stratified_estimate():
@@ -567,7 +588,7 @@ def test_the_script_names_a_bad_or_unknown_flag_at_parse_time(tmp_path, capsys, 
     assert message in capsys.readouterr().err
 
 
-def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path):
+def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path, capsys):
     tiny_ncsn().save_pretrained(tmp_path / "pipe")
     args = _evaluate_script().parse_args(["--pipeline", str(tmp_path / "pipe"), "--num_langevin_steps", "3"])
     assert args.pipeline == str(tmp_path / "pipe")
@@ -583,7 +604,17 @@ def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path)
         "inception_weights": None,
         "output_dir": str(tmp_path / "pipe" / "eval"),
         "sample_kwargs": {"num_langevin_steps": 3},
+        "ode_likelihood": True,
+        "ode_probes": 1,
+        "ode_rtol": 1e-5,
+        "ode_atol": 1e-5,
     }
+    args = _evaluate_script().parse_args(["--pipeline", "a/b", "--no_ode_likelihood", "--ode_probes", "4"])
+    assert (args.ode_likelihood, args.ode_probes) == (False, 4)
+    for flag, value in (("--ode_probes", "0"), ("--ode_rtol", "0"), ("--ode_atol", "-1e-5")):
+        with pytest.raises(SystemExit):
+            _evaluate_script().parse_args(["--pipeline", "a/b", f"{flag}={value}"])
+        assert f"argument {flag}: must be" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -621,7 +652,13 @@ def test_script_evaluates_a_saved_ddpm_folder(tmp_path: Path, cache_root: Path, 
     value, baseline = _baseline_cell(result.stdout, "classifier_frechet_distance")
     assert value == pytest.approx(report["sample_quality"]["classifier_frechet_distance"], rel=1e-3)
     assert baseline == pytest.approx(report["sample_quality"]["classifier_frechet_distance_real_baseline"], rel=1e-3)
-    assert "bits_per_dim (full ELBO, 8 held-out images, T=10)" in result.stdout
+    assert "bits_per_dim (full ELBO, 8 held-out images, T=10, 80 UNet evaluations, " in result.stdout
+    ode = report["ode_likelihood"]
+    assert ode["num_images"] == 8 and ode["nfe"] > 0  # the ELBO's images
+    assert float(_table_value(result.stdout, "bits_per_dim_ode").split(" ± ")[0]) == pytest.approx(
+        ode["bits_per_dim"], rel=1e-3
+    )
+    assert f"{ode['nfe']} NFE" in result.stdout
     assert report["likelihood_baselines"]["num_images"] == 8  # the ELBO's images
     for row, name in zip(BASELINE_ROWS, BASELINE_MODELS, strict=True):
         printed = float(_table_value(result.stdout, row).split(" ± ")[0])
@@ -644,7 +681,10 @@ def test_script_evaluates_a_saved_ncsn_folder(tmp_path: Path, cache_root: Path, 
     assert report["likelihood"] == {"skipped": NCSN_HAS_NO_ELBO}
     assert (out / "samples.png").is_file() and not (out / "elbo_terms.png").exists()
     assert NCSN_HAS_NO_ELBO in result.stdout
-    # no bits/dim of its own, but the references on all 180 held-out images: the README's numbers for the digits
+    # its bits/dim is the ODE's, on the same 180 held-out images as the references
+    assert report["ode_likelihood"]["num_images"] == 180 and math.isfinite(report["ode_likelihood"]["bits_per_dim"])
+    assert report["model_card_metrics"]["bits_per_dim_ode"] == report["ode_likelihood"]["bits_per_dim"]
+    # the references on all 180 held-out images: the README's numbers for the digits
     baselines = report["likelihood_baselines"]
     assert baselines["num_images"] == 180
     assert [baselines[name]["bits_per_dim"] for name in BASELINE_MODELS] == pytest.approx(

@@ -25,6 +25,7 @@ _MINIMUMS = {
     "batch_size": 1,
     "num_inference_steps": 1,
     "num_langevin_steps": 1,
+    "ode_probes": 1,
 }
 
 
@@ -71,6 +72,12 @@ class EvaluationArguments:
     num_inference_steps: int | None = _arg(
         None, "Sampling steps (DDPM: a respaced chain; NCSN: noise levels visited); default: all trained ones."
     )
+    ode_likelihood: bool = _arg(
+        True, "Bits/dim through the probability-flow ODE (both families; --no_ode_likelihood skips it)."
+    )
+    ode_probes: int = _arg(1, "Hutchinson probes per image of the ODE likelihood.")
+    ode_rtol: float = _arg(1e-5, "Relative tolerance of the ODE solver (dopri5).")
+    ode_atol: float = _arg(1e-5, "Absolute tolerance of the ODE solver (dopri5).")
     num_langevin_steps: int | None = _arg(
         None, "NCSN only: Langevin updates per noise level (default: the scheduler's)."
     )
@@ -86,6 +93,9 @@ class EvaluationArguments:
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise ValueError(f"argument --{name}: must be an integer >= {minimum}, got {value}")
+        for name in ("ode_rtol", "ode_atol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"argument --{name}: must be a positive number, got {getattr(self, name)}")
         if self.inception_weights is not None and not os.path.isfile(self.inception_weights):
             raise ValueError(
                 f"argument --inception_weights: {self.inception_weights} does not exist (expected a TorchScript "
@@ -111,6 +121,10 @@ class EvaluationArguments:
             "inception_weights": self.inception_weights,
             "output_dir": self.output_dir or default_output_dir(self.pipeline),
             "sample_kwargs": self.sample_kwargs(),
+            "ode_likelihood": self.ode_likelihood,
+            "ode_probes": self.ode_probes,
+            "ode_rtol": self.ode_rtol,
+            "ode_atol": self.ode_atol,
         }
 
 

@@ -21,9 +21,10 @@ from diffusers import DiffusionPipeline
 
 from ..data import DIGITS
 from ..json_utils import dumps
+from ..likelihood.probability_flow import MAX_PROBES
 from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from ..plots import image_grid, save_png
-from ..schedulers.validation import check_positive_int
+from ..schedulers.validation import check_bool, check_positive_float, check_positive_int
 from ..sharing.atomic import atomic_write_text
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
 from .inception import INCEPTION_MISSING, inception_metrics, load_inception_extractor
@@ -32,6 +33,7 @@ from .likelihood_report import (
     NCSN_HAS_NO_ELBO,
     likelihood_baselines_report,
     likelihood_report,
+    ode_likelihood_report,
     plot_elbo_terms,
 )
 from .loading import default_output_dir, load_pipeline
@@ -56,6 +58,10 @@ class _Settings:
     batch_size: int
     seed: int
     sample_kwargs: dict[str, Any] = field(default_factory=dict)
+    ode_likelihood: bool = True
+    ode_probes: int = 1
+    ode_rtol: float = 1e-5
+    ode_atol: float = 1e-5
     classifier_resolution: int | None = None
     classifier_cache_dir: str | os.PathLike | None = None
     kid_subsets: int = 100
@@ -98,6 +104,10 @@ def evaluate(
     inception_weights: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
     sample_kwargs: dict[str, Any] | None = None,
+    ode_likelihood: bool = True,
+    ode_probes: int = 1,
+    ode_rtol: float = 1e-5,
+    ode_atol: float = 1e-5,
     classifier_resolution: int | None = None,
     classifier_cache_dir: str | os.PathLike | None = None,
     kid_subsets: int = 100,
@@ -123,6 +133,10 @@ def evaluate(
             `elbo_terms.png` (default: `default_output_dir` for a path; nothing is written for a pipeline object).
         sample_kwargs (`dict`, *optional*): extra sampling arguments, e.g. `num_inference_steps`,
             `num_langevin_steps` (NCSN).
+        ode_likelihood (`bool`, defaults to `True`): bits/dim through the probability-flow ODE (both families), on
+            the likelihood's held-out images.
+        ode_probes (`int`, defaults to 1): Hutchinson probes per image of the ODE.
+        ode_rtol (`float`, defaults to 1e-5), ode_atol (`float`, defaults to 1e-5): the ODE solver's tolerances.
         classifier_resolution (`int`, *optional*): input size of the feature classifier (default: 8 for the digits,
             their native size; otherwise the pipeline's sample size, at most 32).
         classifier_cache_dir (`str` or `os.PathLike`, *optional*): the classifier cache (see
@@ -134,6 +148,7 @@ def evaluate(
         `dict`: the report; `report["model_card_metrics"]` is a flat dict of the headline numbers.
     """
     _check_counts(num_samples, batch_size, elbo_strata, num_elbo_images)
+    _check_ode_settings(ode_likelihood, ode_probes, ode_rtol, ode_atol)
     # loaded first: a wrong path fails before minutes of sampling
     extractor = None if inception_weights is None else load_inception_extractor(inception_weights)
     started = time.perf_counter()
@@ -148,6 +163,10 @@ def evaluate(
         batch_size=batch_size,
         seed=seed,
         sample_kwargs=dict(sample_kwargs or {}),
+        ode_likelihood=ode_likelihood,
+        ode_probes=ode_probes,
+        ode_rtol=ode_rtol,
+        ode_atol=ode_atol,
         classifier_resolution=classifier_resolution,
         classifier_cache_dir=classifier_cache_dir,
         kid_subsets=kid_subsets,
@@ -170,6 +189,13 @@ def _check_counts(num_samples: int, batch_size: int, elbo_strata: int, num_elbo_
     check_positive_int("elbo_strata", elbo_strata, minimum=0)
     if num_elbo_images is not None:
         check_positive_int("num_elbo_images", num_elbo_images)
+
+
+def _check_ode_settings(ode_likelihood: bool, ode_probes: int, ode_rtol: float, ode_atol: float) -> None:
+    check_bool("ode_likelihood", ode_likelihood)
+    check_positive_int("ode_probes", ode_probes, maximum=MAX_PROBES)
+    check_positive_float("ode_rtol", ode_rtol)
+    check_positive_float("ode_atol", ode_atol)
 
 
 @contextmanager
@@ -197,6 +223,9 @@ def _measure(
         classifier_resolution = settings.classifier_resolution or (8 if settings.is_digits else min(resolution, 32))
         classifier, report["classifier"] = _classifier(settings, classifier_resolution, channels)
     likelihood_images = data.held_out[: settings.num_elbo_images or len(data.held_out)]
+    if settings.ode_likelihood:
+        with _timed(timings, "ode_likelihood"):
+            report["ode_likelihood"] = _ode_likelihood(pipe, likelihood_images, settings)
     if callable(getattr(pipe, "elbo", None)):  # a latent-variable family: it has a bound
         with _timed(timings, "likelihood"):
             report["likelihood"] = _likelihood(pipe, likelihood_images, settings)
@@ -283,6 +312,15 @@ def _classifier(
     return classifier, section
 
 
+def _ode_likelihood(
+    pipe: DDPMPosteriorPipeline | NCSNPipeline, images: torch.Tensor, settings: _Settings
+) -> dict[str, Any]:
+    logger.info("bits/dim of %d held-out images through the probability-flow ODE", len(images))
+    return ode_likelihood_report(
+        pipe, images, settings.ode_probes, settings.ode_rtol, settings.ode_atol, settings.batch_size, settings.seed
+    )
+
+
 def _likelihood(pipe: DDPMPosteriorPipeline, images: torch.Tensor, settings: _Settings) -> dict[str, Any]:
     logger.info("bits/dim of %d held-out images (every ELBO term, then stratified)", len(images))
     return likelihood_report(pipe, images, settings.elbo_strata, settings.batch_size, settings.seed)
@@ -326,6 +364,7 @@ def model_card_metrics(report: dict[str, Any]) -> dict[str, float]:
     elbo, quality = report.get("likelihood", {}), report.get("sample_quality", {})
     baselines = report.get("likelihood_baselines", {})
     metrics = {
+        "bits_per_dim_ode": report.get("ode_likelihood", {}).get("bits_per_dim"),
         "bits_per_dim": elbo.get("bits_per_dim"),
         "bits_per_dim_stratified": elbo.get("stratified", {}).get("bits_per_dim"),
         **{

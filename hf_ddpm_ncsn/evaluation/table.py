@@ -32,6 +32,7 @@ def format_report(report: dict[str, Any]) -> str:
     classifier, inception = report.get("classifier", {}), report.get("inception", {})
     baselines = report.get("likelihood_baselines", {})
     rows: list[_Row] = [("metric", "value", "real-vs-real baseline")]
+    rows += _ode_rows(report.get("ode_likelihood", {}))
     rows += _likelihood_rows(elbo)
     rows += _likelihood_baseline_rows(baselines)
     rows += _classifier_rows(quality, classifier)
@@ -53,15 +54,33 @@ def _heading(report: dict[str, Any]) -> str:
     )
 
 
+def _cost(section: dict[str, Any], key: str = "unet_evaluations", unit: str = "UNet evaluations") -> str:
+    """ ", <evaluations> <unit>, <seconds> s" of a likelihood section (empty for a report without them)."""
+    if key not in section or "seconds" not in section:
+        return ""
+    return f", {section[key]} {unit}, {section['seconds']:.0f} s"
+
+
+def _ode_rows(ode: dict[str, Any]) -> list[_Row]:
+    if "bits_per_dim" not in ode:
+        return []
+    name = (
+        f"bits_per_dim_ode (probability-flow ODE, {ode['num_images']} held-out images, {ode['method']} "
+        f"rtol={ode['rtol']:g}{_cost(ode, 'nfe', 'NFE')})"
+    )
+    return [(name, _number(ode["bits_per_dim"], ode["bits_per_dim_stderr"]), "")]
+
+
 def _likelihood_rows(elbo: dict[str, Any]) -> list[_Row]:
     if "bits_per_dim" not in elbo:
         return []
-    name = f"bits_per_dim (full ELBO, {elbo['num_images']} held-out images, T={elbo['num_timesteps']})"
+    name = f"bits_per_dim (full ELBO, {elbo['num_images']} held-out images, T={elbo['num_timesteps']}{_cost(elbo)})"
     rows = [(name, _number(elbo["bits_per_dim"], elbo["bits_per_dim_stderr"]), "")]
     stratified = elbo.get("stratified")
     if stratified is not None:
         name = f"bits_per_dim_stratified (K={stratified['num_strata']}, difference to full"
-        name += f" {_number(stratified['difference_from_full'], stratified['difference_stderr'])})"
+        name += f" {_number(stratified['difference_from_full'], stratified['difference_stderr'])}"
+        name += f"{_cost(stratified)})"
         rows.append((name, _number(stratified["bits_per_dim"], stratified["bits_per_dim_stderr"]), ""))
     return rows
 
