@@ -18,7 +18,6 @@ from support.fault_injection import crash_points
 from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 import hf_ddpm_ncsn.evaluation.report as evaluation_report
-from hf_ddpm_ncsn.evaluation.likelihood_report import ode_likelihood_report
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
 from hf_ddpm_ncsn.evaluation import (
     BASELINE_MODELS,
@@ -38,6 +37,7 @@ from hf_ddpm_ncsn.evaluation import (
     sample_quality,
     write_outputs,
 )
+from hf_ddpm_ncsn.evaluation.likelihood_report import ode_likelihood_report
 from hf_ddpm_ncsn.feature_classifier import (
     MissingLabelsError,
     TrainingSettings,
