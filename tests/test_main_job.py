@@ -27,6 +27,22 @@ def test_the_main_job_trains_samples_and_evaluates_both_families(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary) == {"ncsn", "ddpm"}
     assert "bits_per_dim" in summary["ddpm"]["metrics"] and "bits_per_dim" not in summary["ncsn"]["metrics"]
+    # both families have a likelihood through the ODE; the printed summary lists NCSN's first, then the DDPM's
+    # ODE, ELBO and stratified ELBO, then the references
+    assert all("bits_per_dim_ode" in summary[family]["metrics"] for family in ("ncsn", "ddpm"))
+    summary_lines = result.stdout[result.stdout.index("likelihood on the held-out images") :].splitlines()[1:]
+    labels = [line.split(":")[0].strip() for line in summary_lines if line.startswith("  ")]
+    assert labels[:4] == [
+        "ncsn probability-flow ODE",
+        "ddpm probability-flow ODE",
+        "ddpm ELBO",
+        "ddpm ELBO, stratified",
+    ]
+    value = float(summary_lines[0].split(":")[1])
+    assert value == pytest.approx(summary["ncsn"]["metrics"]["bits_per_dim_ode"], abs=5e-4)
+    assert [label.removeprefix("reference, ") for label in labels[4:]] == [
+        m.replace("_", " ") for m in BASELINE_MODELS
+    ]
     # both families stand beside the same reference models: fitted on the same training split, measured on the
     # same held-out images
     references = [f"bits_per_dim_baseline_{model}" for model in BASELINE_MODELS]

@@ -369,3 +369,44 @@ def test_a_diffusers_ddpm_folder_gets_an_ode_likelihood(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe.ode_likelihood(IMAGES, generator=torch.Generator().manual_seed(0), method="rk4", num_steps=4)
     assert torch.isfinite(out.bits_per_dim).all() and out.nfe == 16
+
+
+def test_the_progress_bar_follows_the_ode_time_over_every_batch():
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n, self.closed = total, 0.0, False
+
+        def update(self, amount):
+            assert amount > 0
+            self.n += amount
+
+        def close(self):
+            self.closed = True
+
+    bars = []
+
+    def progress(total):
+        bars.append(Bar(total))
+        return bars[-1]
+
+    scheduler = _vp(num_train_timesteps=10)
+    x = torch.zeros(3, 1, 2, 2, dtype=torch.float64)
+    ode_bpd(lambda x, t: 0.5 * x, scheduler, x, dequantize=False, batch_size=2, progress=progress)
+    (bar,) = bars
+    assert bar.total == 2 * 9.0 and bar.n == pytest.approx(18.0) and bar.closed  # two batches over [0, 9]
+
+
+def test_the_exact_trace_is_the_same_in_chunks_of_pixels(monkeypatch):
+    """The exact divergence differentiates D copies of the batch, a few pixels per network call when D * B is
+    large: splitting the copies must not change the trace (correlated Gaussian, off-diagonal Jacobian)."""
+    from hf_ddpm_ncsn.likelihood import probability_flow
+
+    covariance = np.array([[1.0, 0.6, 0.2], [0.6, 0.8, -0.3], [0.2, -0.3, 0.5]])
+    scheduler = _vp()
+    x = _points(4, 3, seed=2)
+    solve = {"dequantize": False, "exact_trace": True, "method": "rk4", "num_steps": 400}
+    whole = ode_bpd(gaussian_model(scheduler, covariance), scheduler, x, **solve)
+    monkeypatch.setattr(probability_flow, "EXACT_TRACE_BATCH", 8)  # two pixels' copies of 4 images per call
+    chunked = ode_bpd(gaussian_model(scheduler, covariance), scheduler, x, **solve)
+    torch.testing.assert_close(chunked.bits_per_dim, whole.bits_per_dim, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(whole.bits_per_dim.double().numpy(), gaussian_bits(x, covariance, scheduler), rtol=1e-3)
