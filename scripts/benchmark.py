@@ -25,6 +25,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNPipeline, NCSNScheduler
+from hf_ddpm_ncsn.likelihood import ode_bpd
 from hf_ddpm_ncsn.losses import ddpm_loss
 from hf_ddpm_ncsn.unets import build_unet, default_unet_config
 
@@ -150,6 +151,42 @@ def bench_elbo(args) -> list[dict]:
     return [row(f"DDPMPosteriorPipeline.elbo per image vs T={num_timesteps} UNet forwards", a / images, b / images)]
 
 
+def bench_ode_likelihood(args) -> list[dict]:
+    """The probability-flow ODE's cost per network evaluation: Hutchinson's divergence against the bare forward
+    pass and vector-Jacobian product it needs, and the exact trace (D copies of the batch, one backward pass)
+    against D backward passes through one forward."""
+    device, images, steps = args.device, args.batch_size, 4
+    unet = make_unet(args.resolution, args.channels, device)
+    scheduler = DDPMPosteriorScheduler(num_train_timesteps=100)
+    x = torch.rand(images, 1, args.resolution, args.resolution, device=device) * 2 - 1
+    dimensions = x[0].numel()
+
+    def model_fn(inputs, timestep):
+        return unet(inputs, timestep).sample
+
+    def solve(exact_trace: bool):
+        ode_bpd(model_fn, scheduler, x, dequantize=False, exact_trace=exact_trace, method="euler", num_steps=steps)
+
+    def forward_and_vjps(num_vjps: int):
+        def run():
+            for step in range(steps):
+                inputs = x.detach().requires_grad_(True)
+                out = model_fn(inputs, torch.full((images,), 99.0 * step / steps, device=device))
+                for i in range(num_vjps):
+                    torch.autograd.grad(out, inputs, torch.ones_like(out), retain_graph=i < num_vjps - 1)
+
+        return run
+
+    hutchinson = paired_medians(lambda: solve(False), forward_and_vjps(1), args.repeats, device)
+    exact = paired_medians(lambda: solve(True), forward_and_vjps(dimensions), max(1, args.repeats // 3), device)
+    return [
+        row(f"ode_bpd step, Hutchinson (batch {images}) vs bare UNet forward + VJP", *(v / steps for v in hutchinson),
+            goal="<= 1.1"),
+        row(f"ode_bpd step, exact trace (D = {dimensions}) vs forward + D backward passes",
+            *(v / steps for v in exact), goal="< 1"),
+    ]  # fmt: skip
+
+
 def bench_training(args) -> list[dict]:
     """Images/s of the training loop (accelerate, EMA, data loading, logging off) vs a bare loop on the same
     model and batch, and one process vs two (gloo on CPU)."""
@@ -234,7 +271,7 @@ def main() -> None:
         f"threads {torch.get_num_threads()}; Python {platform.python_version()}"
     )
     print(header)
-    rows = bench_scheduler_steps(args) + bench_pipelines(args) + bench_elbo(args)
+    rows = bench_scheduler_steps(args) + bench_pipelines(args) + bench_elbo(args) + bench_ode_likelihood(args)
     if not args.skip_training:
         rows += bench_training(args)
     print("\n| benchmark | ours (absolute) | reference (absolute) | ratio | goal |\n|---|---|---|---|---|")
