@@ -410,3 +410,14 @@ def test_the_exact_trace_is_the_same_in_chunks_of_pixels(monkeypatch):
     chunked = ode_bpd(gaussian_model(scheduler, covariance), scheduler, x, **solve)
     torch.testing.assert_close(chunked.bits_per_dim, whole.bits_per_dim, rtol=0, atol=1e-6)
     np.testing.assert_allclose(whole.bits_per_dim.double().numpy(), gaussian_bits(x, covariance, scheduler), rtol=1e-3)
+
+
+def test_the_divergence_is_taken_under_no_grad_and_inference_mode_too():
+    """Callers often wrap evaluation in no_grad / inference_mode; the divergence still needs autograd."""
+    pipe = tiny_ddpm()
+    solver = {"method": "rk4", "num_steps": 3}
+    expected = pipe.ode_likelihood(IMAGES, generator=torch.Generator().manual_seed(0), **solver).bits_per_dim
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            got = pipe.ode_likelihood(IMAGES, generator=torch.Generator().manual_seed(0), **solver).bits_per_dim
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -127,7 +127,7 @@ def _exact_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch
 
 def _hutchinson_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, probes: torch.Tensor):
     """(score, v^T (d score / dx) v for each probe v (B, K)): one forward pass, one backward pass per probe."""
-    x = x.detach().requires_grad_(True)
+    x = x.detach().clone().requires_grad_(True)  # a copy: the solver's state may be an inference tensor
     score = score_fn(x)
     estimates = []
     for k in range(probes.shape[1]):
@@ -161,7 +161,8 @@ class _ProbabilityFlow(torch.nn.Module):
             output = self.model_fn(inputs, timestep.expand(len(inputs)))
             return self.scheduler.score_from_model_output(output, t, inputs)
 
-        with torch.enable_grad():
+        # the divergence needs autograd even when the caller runs under no_grad or inference_mode
+        with torch.inference_mode(False), torch.enable_grad():
             if self.probes is None:
                 score, divergence = _exact_divergence(score_fn, x)
             else:
