@@ -96,8 +96,11 @@ def likelihood_summary(summary: dict) -> str:
     """One line per likelihood, in bits/dim on the same held-out images: each model's ODE (NCSN first), the DDPM's
     ELBO and stratified ELBO, then the reference models."""
     lines = ["likelihood on the held-out images (bits/dim; lower is better):"]
-    names = {"bits_per_dim_ode": "probability-flow ODE", "bits_per_dim": "ELBO", "bits_per_dim_stratified": "ELBO, "
-             "stratified"}  # fmt: skip
+    names = {
+        "bits_per_dim_ode": "probability-flow ODE",
+        "bits_per_dim": "ELBO",
+        "bits_per_dim_stratified": "ELBO, stratified",
+    }
     for family in FAMILIES:
         metrics = summary[family]["metrics"]
         lines += [f"  {family} {label}: {metrics[key]:.3f}" for key, label in names.items() if key in metrics]

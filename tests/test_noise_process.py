@@ -154,6 +154,7 @@ def test_continuous_vp_extension_stays_variance_preserving_and_monotone():
         assert dlog_alpha == pytest.approx((np.log(a_hi) - np.log(a_lo)) / (2 * h), rel=1e-5)
         assert dlog_sigma == pytest.approx((np.log(s_hi) - np.log(s_lo)) / (2 * h), rel=1e-5)
     assert process.marginal(10) == (np.sqrt(alphas_cumprod[10]), np.sqrt(1 - alphas_cumprod[10]))
+    assert process.marginal(torch.tensor(10.0)) == process.marginal(10.0) == process.marginal(10)  # a float time
 
 
 def test_denoising_mse_is_per_sample_mean_over_pixels():

@@ -14,7 +14,6 @@ from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNScheduler
 from hf_ddpm_ncsn.likelihood import ode_bpd
-from hf_ddpm_ncsn.likelihood.probability_flow import DEQUANTIZATION_OFFSET
 
 LOG2 = math.log(2.0)
 
@@ -117,23 +116,27 @@ def test_gaussian_data_gets_its_exact_density(case, scale):
     assert 10 < out.nfe < 5000
 
 
-def test_hutchinson_estimate_is_unbiased_for_the_exact_trace():
+@pytest.mark.parametrize("make", [_vp, _ve], ids=["vp", "ve"])
+def test_hutchinson_estimate_is_unbiased_for_the_exact_trace(make):
     """Correlated Gaussian data (a Jacobian with off-diagonal entries, so Rademacher probes have variance): the
-    mean of 400 probes lies within 4 standard errors of the exact density, and the reported error is the spread
-    of the probes."""
+    mean of 400 probes lies within 4 standard errors of the exact density, and the reported error is the probes'
+    spread over sqrt(K) (the same spread at K = 100 and K = 400)."""
     rng = np.random.default_rng(0)
     factor = rng.normal(size=(3, 3))
     covariance = factor @ factor.T + 0.1 * np.eye(3)
-    scheduler = _vp()
+    scheduler = make()
     x = _points(2, 3, seed=1)
     model_fn = gaussian_model(scheduler, covariance)
     exact = gaussian_bits(x, covariance, scheduler)
-    generator = torch.Generator().manual_seed(0)
-    out = ode_bpd(model_fn, scheduler, x, dequantize=False, num_probes=400, generator=generator, rtol=1e-7, atol=1e-7)
-    stderr = out.bits_per_dim_stderr.double().numpy()
+    solve = {"dequantize": False, "rtol": 1e-7, "atol": 1e-7}
+    many = ode_bpd(model_fn, scheduler, x, num_probes=400, generator=torch.Generator().manual_seed(0), **solve)
+    stderr = many.bits_per_dim_stderr.double().numpy()
     assert np.all(stderr > 1e-3)  # the probes disagree: the test could fail
-    assert np.all(np.abs(out.bits_per_dim.double().numpy() - exact) < 4 * stderr)
-    single = ode_bpd(model_fn, scheduler, x, dequantize=False, generator=torch.Generator().manual_seed(0))
+    assert np.all(np.abs(many.bits_per_dim.double().numpy() - exact) < 4 * stderr)
+    fewer = ode_bpd(model_fn, scheduler, x, num_probes=100, generator=torch.Generator().manual_seed(1), **solve)
+    spread_ratio = (stderr * 20) / (fewer.bits_per_dim_stderr.double().numpy() * 10)
+    assert np.all((0.7 < spread_ratio) & (spread_ratio < 1.4))  # sampling error of a std from 100 draws: ~7%
+    single = ode_bpd(model_fn, scheduler, x, generator=torch.Generator().manual_seed(0), **solve)
     assert torch.isnan(single.bits_per_dim_stderr).all()
 
 
@@ -227,15 +230,20 @@ def test_dequantized_bits_bound_the_bin_probability():
         num_steps=400,
     )
     nodes, node_weights = np.polynomial.legendre.leggauss(40)
-    half = 1 / 255
+    half = 1 / 255  # the bin of level v is v / 127.5 - 1 +- 1/255, the ELBO decoder's
     points = (level / 127.5 - 1 + half * nodes)[:, None]
     log_p = mixture_log_density(points, MEANS_1D, STDS_1D, WEIGHTS_1D, alpha_0, sigma_0)
-    expected = -(node_weights @ log_p) / 2 / LOG2 + DEQUANTIZATION_OFFSET  # E_u[-log2 p] + log2(255 / 2)
+    nll_bits = -log_p / LOG2 + math.log2(127.5)  # -log2 of the density times the bin width 2/255
+    expected, expected_std = (
+        node_weights @ nll_bits / 2,
+        math.sqrt(node_weights @ nll_bits**2 / 2 - (node_weights @ nll_bits / 2) ** 2),
+    )
     bin_probability = half * (node_weights @ np.exp(log_p))
     bits = out.bits_per_dim.double().numpy()
     assert abs(bits.mean() - expected) < 4 * bits.std() / math.sqrt(len(bits))
-    assert expected >= -math.log2(bin_probability)
-    assert bits.std() > 1e-4  # the draws differ: the noise is really added
+    assert 0 <= expected + math.log2(bin_probability) < 1e-4  # Jensen's gap over so narrow a bin is tiny
+    # the spread of the draws is that of -log2 p over the bin (a wrong bin width would change it)
+    assert bits.std() == pytest.approx(expected_std, rel=0.15)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,7 +286,7 @@ def test_bad_arguments_are_refused_before_any_network_call():
         return torch.zeros_like(x)
 
     scheduler = _vp(num_train_timesteps=10)
-    x = torch.zeros(2, 1, 2, 2)
+    x = torch.tensor([0, 37, 128, 255]).reshape(1, 1, 2, 2) / 127.5 - 1  # on the 8-bit grid
     cases = [
         ({"method": "heun9"}, "method"),
         ({"method": "rk4"}, "num_steps"),
@@ -288,13 +296,18 @@ def test_bad_arguments_are_refused_before_any_network_call():
         ({"batch_size": 0}, "batch_size"),
         ({"time_embedding_type": "fourier"}, "time_embedding_type"),
         ({"dequantize": "yes"}, "dequantize"),
+        ({"time_embedding_type": "learned"}, "time_embedding_type='learned'"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
             ode_bpd(model_fn, scheduler, x, **kwargs)
     with pytest.raises(ValueError, match="8-bit"):
-        ode_bpd(model_fn, scheduler, x + 0.001)
-    with pytest.raises(ValueError, match="exact_trace=True takes 4225 backward passes"):
+        ode_bpd(model_fn, scheduler, x + 0.001)  # 0.13 of a level off the grid
+    with pytest.raises(ValueError, match="8-bit"):
+        ode_bpd(model_fn, scheduler, x - 2 / 255)  # the level -1, below the grid
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
+        ode_bpd(model_fn, _vp(num_train_timesteps=10, rescale_betas_zero_snr=True), x)
+    with pytest.raises(ValueError, match="exact_trace=True differentiates 4225 copies"):
         ode_bpd(model_fn, scheduler, torch.zeros(1, 1, 65, 65), exact_trace=True)
     with pytest.raises(ValueError, match="non-empty batch"):
         ode_bpd(model_fn, scheduler, torch.zeros(0, 1, 2, 2))
@@ -406,7 +419,7 @@ def test_the_exact_trace_is_the_same_in_chunks_of_pixels(monkeypatch):
     x = _points(4, 3, seed=2)
     solve = {"dequantize": False, "exact_trace": True, "method": "rk4", "num_steps": 400}
     whole = ode_bpd(gaussian_model(scheduler, covariance), scheduler, x, **solve)
-    monkeypatch.setattr(probability_flow, "EXACT_TRACE_BATCH", 8)  # two pixels' copies of 4 images per call
+    monkeypatch.setattr(probability_flow, "EXACT_TRACE_ELEMENTS", 24)  # two copies of 4 3-d images per call
     chunked = ode_bpd(gaussian_model(scheduler, covariance), scheduler, x, **solve)
     torch.testing.assert_close(chunked.bits_per_dim, whole.bits_per_dim, rtol=0, atol=1e-6)
     np.testing.assert_allclose(whole.bits_per_dim.double().numpy(), gaussian_bits(x, covariance, scheduler), rtol=1e-3)
@@ -421,3 +434,25 @@ def test_the_divergence_is_taken_under_no_grad_and_inference_mode_too():
         with context():
             got = pipe.ode_likelihood(IMAGES, generator=torch.Generator().manual_seed(0), **solver).bits_per_dim
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_a_score_that_ignores_x_has_no_divergence():
+    """A constant output (a zero-score baseline, a broken network) is scored, with div s = 0 in both modes."""
+    scheduler = _vp(num_train_timesteps=10)
+    x = _points(3, 4)
+    solve = {"dequantize": False, "method": "rk4", "num_steps": 10, "generator": torch.Generator().manual_seed(0)}
+    constant = ode_bpd(lambda x, t: torch.ones(len(x), 1, 1, 4), scheduler, x, exact_trace=True, **solve)
+    probed = ode_bpd(lambda x, t: torch.ones(len(x), 1, 1, 4), scheduler, x, num_probes=3, **solve)
+    torch.testing.assert_close(constant.bits_per_dim, probed.bits_per_dim, rtol=0, atol=1e-6)
+    assert torch.equal(probed.bits_per_dim_stderr, torch.zeros(3))
+
+
+def test_half_precision_pipelines_integrate_in_float32():
+    """A float16 UNet scores the same images (the state stays float32; only the network's calls are cast)."""
+    pipe = tiny_ddpm()
+    solver = {"method": "rk4", "num_steps": 3}
+    full = pipe.ode_likelihood(IMAGES, generator=torch.Generator().manual_seed(0), **solver).bits_per_dim
+    pipe.unet.to(torch.bfloat16)
+    half = pipe.ode_likelihood(IMAGES, generator=torch.Generator().manual_seed(0), **solver)
+    assert half.bits_per_dim.dtype == torch.float32
+    torch.testing.assert_close(half.bits_per_dim, full, rtol=0.05, atol=0)

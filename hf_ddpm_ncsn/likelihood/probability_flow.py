@@ -16,7 +16,9 @@ divergence is exact (D vector-Jacobian products) or Hutchinson's estimate with R
 log-density; each probe is held fixed along the trajectory so that the adaptive solver sees one smooth ODE).
 
 `dequantize=True` scores 8-bit images: x + u with u uniform over the pixel's bin of width 2/255 (the bins of the
-ELBO's decoder), and -log2 P(bin) <= -log2 p(x + u) / D + log2(127.5) bits/dim, a bound in the ELBO's currency.
+ELBO's decoder), and -log2 P(bin) / D <= E_u[-log2 p(x + u)] / D + log2(127.5) (Jensen): each draw of u is a
+single-sample estimate of that bound, in the ELBO's currency. The ODE scores the data as the first level smooths
+it (sigma_0): like the ELBO's decoder term, a density that cannot concentrate within one bin has a floor there.
 """
 
 from __future__ import annotations
@@ -24,20 +26,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
 from diffusers.utils import BaseOutput
 from torchdiffeq import odeint
 
+from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
+from ..schedulers.scheduling_ncsn import NCSNScheduler
 from ..schedulers.validation import check_bool, check_choice, check_positive_float, check_positive_int
 from .elbo import BIN_HALF_WIDTH, ModelFn
+
+Scheduler = Union[NCSNScheduler, DDPMPosteriorScheduler]  # noqa: UP007 (a runtime alias under Python 3.10)
 
 ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun")
 FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")
 METHODS = ADAPTIVE_METHODS + FIXED_STEP_METHODS
-# D vector-Jacobian products per network call: beyond this, Hutchinson's estimate is the only practical choice
+# the exact trace differentiates D copies of the batch: beyond this, Hutchinson's estimate is the practical choice
 MAX_EXACT_TRACE_DIMS = 4096
-EXACT_TRACE_BATCH = 4096  # inputs per network call of the exact trace (B copies of each of the D pixels)
+# numbers per network call of the exact trace (copies x images x D): bounds its memory whatever the image size
+EXACT_TRACE_ELEMENTS = 2**18
 MAX_PROBES = 1024
 MAX_FIXED_STEPS = 100_000
 FIRST_STEP = 1e-3  # of the time range: the adaptive solver grows it within a few steps
@@ -81,13 +89,13 @@ def _check_solver(method: str, num_steps: int | None, rtol: float, atol: float) 
 
 def _check_on_the_8bit_grid(x0: torch.Tensor) -> None:
     levels = (x0.double() + 1) / (2 * BIN_HALF_WIDTH)
-    if not torch.isfinite(levels).all() or (levels - levels.round()).abs().max() > 1e-3 or levels.min() < -1e-3:
+    rounded = levels.round()
+    on_grid = bool(torch.isfinite(levels).all()) and (levels - rounded).abs().max() <= 1e-3
+    if not on_grid or rounded.min() < 0 or rounded.max() > 255:
         raise ValueError(
             "dequantize=True scores 8-bit images: x0 must lie on the 256 bin centres v / 127.5 - 1 of [-1, 1] "
             "(hf_ddpm_ncsn.images.uint8_to_model); pass dequantize=False for the density at arbitrary points"
         )
-    if levels.max() > 255 + 1e-3:
-        raise ValueError("dequantize=True scores 8-bit images: x0 must lie in [-1, 1]")
 
 
 def _random_inputs(
@@ -102,33 +110,42 @@ def _random_inputs(
         x = (x0.double() + (2 * u - 1) * BIN_HALF_WIDTH).to(x0.dtype)
     probes = None
     if num_probes is not None:
-        signs = torch.randint(0, 2, (x0.shape[0], num_probes, *x0.shape[1:]), generator=generator, device=device)
+        shape = (x0.shape[0], num_probes, *x0.shape[1:])
+        signs = torch.randint(0, 2, shape, generator=generator, device=device, dtype=torch.int8)
         probes = (2 * signs - 1).to(device=x0.device, dtype=x0.dtype)
     return x, probes
 
 
-def _exact_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+def _exact_divergence(
+    score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(score, div_x score (B, 1)) with the Jacobian's diagonal from D copies of the batch, copy i differentiated
-    along pixel i: one batched backward pass instead of D (the network treats batch elements independently)."""
+    along pixel i: batched backward passes instead of D (the network treats batch elements independently)."""
     num_images, dimensions = len(x), x[0].numel()
-    copies_per_call = max(1, EXACT_TRACE_BATCH // num_images)
-    score, diagonal = None, torch.zeros(num_images, dtype=x.dtype, device=x.device)
+    copies_per_call = max(1, EXACT_TRACE_ELEMENTS // (num_images * dimensions))
+    score, trace = None, torch.zeros(num_images, dtype=x.dtype, device=x.device)
     for pixels in torch.arange(dimensions).split(copies_per_call):
         copies = x.detach().repeat(len(pixels), *([1] * (x.ndim - 1))).requires_grad_(True)
         out = score_fn(copies)
+        if not out.requires_grad:  # an output that ignores x (a constant score) has no divergence
+            return out[:num_images].detach(), trace[:, None]
         basis = torch.zeros(len(pixels), num_images, dimensions, dtype=x.dtype, device=x.device)
         basis[torch.arange(len(pixels)), :, pixels.to(x.device)] = 1.0
         basis = basis.reshape(out.shape)
         (vjp,) = torch.autograd.grad(out, copies, basis)
-        diagonal += (vjp * basis).reshape(len(pixels), num_images, -1).sum(dim=(0, 2))
+        trace += (vjp * basis).reshape(len(pixels), num_images, -1).sum(dim=(0, 2))
         score = out[:num_images].detach() if score is None else score
-    return score, diagonal[:, None]
+    return score, trace[:, None]
 
 
-def _hutchinson_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, probes: torch.Tensor):
+def _hutchinson_divergence(
+    score_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, probes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(score, v^T (d score / dx) v for each probe v (B, K)): one forward pass, one backward pass per probe."""
     x = x.detach().clone().requires_grad_(True)  # a copy: the solver's state may be an inference tensor
     score = score_fn(x)
+    if not score.requires_grad:  # an output that ignores x (a constant score) has no divergence
+        return score.detach(), torch.zeros(len(x), probes.shape[1], dtype=x.dtype, device=x.device)
     estimates = []
     for k in range(probes.shape[1]):
         probe = probes[:, k]
@@ -137,18 +154,23 @@ def _hutchinson_divergence(score_fn: Callable[[torch.Tensor], torch.Tensor], x: 
     return score.detach(), torch.stack(estimates, dim=1)
 
 
-class _ProbabilityFlow(torch.nn.Module):
-    """The right-hand side of the ODE on the state (x, int div dt), counting its network evaluations."""
+class _ProbabilityFlow:
+    """The right-hand side of the ODE on the state (x, int div dt), counting its evaluations."""
 
-    def __init__(self, model_fn: ModelFn, scheduler, time_embedding_type: str, probes: torch.Tensor | None):
-        super().__init__()
-        self.model_fn, self.scheduler, self.probes = model_fn, scheduler, probes
-        self.t_end = float(scheduler.noise_process.num_levels - 1)
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        scheduler: Scheduler,
+        time_embedding_type: str,
+        probes: torch.Tensor | None,
+        on_time: Callable[[float], None] | None,
+    ):
+        self.model_fn, self.scheduler, self.probes, self.on_time = model_fn, scheduler, probes, on_time
         self.time_embedding_type = time_embedding_type
+        self.t_end = float(scheduler.noise_process.num_levels - 1)
         self.nfe = 0
-        self.on_time: Callable[[float], None] | None = None
 
-    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+    def __call__(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         x, _ = state
         t = min(max(float(t), 0.0), self.t_end)  # the solver's time is in the state's dtype: float32 may round past
         self.nfe += 1
@@ -172,9 +194,10 @@ class _ProbabilityFlow(torch.nn.Module):
 
 
 def _solve(
-    flow: _ProbabilityFlow, x: torch.Tensor, t_end: float, method: str, num_steps, rtol: float, atol: float
+    flow: _ProbabilityFlow, x: torch.Tensor, method: str, num_steps: int | None, rtol: float, atol: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_T, int_0^T div dt) of one batch."""
+    t_end = flow.t_end
     num_columns = 1 if flow.probes is None else flow.probes.shape[1]
     integral = torch.zeros(len(x), num_columns, dtype=x.dtype, device=x.device)
     if method in FIXED_STEP_METHODS:
@@ -185,6 +208,8 @@ def _solve(
         times = torch.tensor([0.0, t_end], dtype=torch.float64)
         options = {"step_t": times[1:], "first_step": FIRST_STEP * t_end}
     x_path, integral_path = odeint(flow, (x, integral), times, rtol=rtol, atol=atol, method=method, options=options)
+    if flow.on_time is not None:
+        flow.on_time(t_end)  # a fixed-step method's last evaluation is before the end
     return x_path[-1], integral_path[-1]
 
 
@@ -194,9 +219,46 @@ def _prior_log_density(x_t: torch.Tensor, variance: float) -> torch.Tensor:
     return -0.5 * (flat.shape[1] * math.log(2 * math.pi * variance) + flat.pow(2).sum(dim=1) / variance)
 
 
+def _check_arguments(
+    scheduler: Scheduler,
+    x0: torch.Tensor,
+    time_embedding_type: str,
+    dequantize: bool,
+    exact_trace: bool,
+    num_probes: int,
+    solver: tuple[str, int | None, float, float],
+) -> None:
+    """Every refusal of `ode_bpd`, before any network call."""
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch of images (B, C, H, W), got shape {tuple(x0.shape)}")
+    check_bool("dequantize", dequantize)
+    check_bool("exact_trace", exact_trace)
+    check_positive_int("num_probes", num_probes, maximum=MAX_PROBES)
+    _check_solver(*solver)
+    dimensions = x0[0].numel()
+    if exact_trace and dimensions > MAX_EXACT_TRACE_DIMS:
+        raise ValueError(
+            f"exact_trace=True differentiates {dimensions} copies of each image per network evaluation; it is "
+            f"offered up to {MAX_EXACT_TRACE_DIMS} dimensions: use Hutchinson's estimate (exact_trace=False)"
+        )
+    scheduler.model_timestep(0, time_embedding_type)  # an unknown embedding type is refused here
+    if time_embedding_type == "learned":
+        raise ValueError(
+            "time_embedding_type='learned' is a table of the trained timesteps, with no value between them: the "
+            "probability-flow ODE needs 'positional' or 'fourier'"
+        )
+    if not scheduler.noise_process.alphas.min() > 0:
+        raise ValueError(
+            "the probability-flow ODE needs alpha_t > 0 at every level; this schedule ends at alpha_T = 0 (zero "
+            "terminal SNR, rescale_betas_zero_snr=True), where the prior and the drift are undefined"
+        )
+    if dequantize:
+        _check_on_the_8bit_grid(x0)
+
+
 def ode_bpd(
     model_fn: ModelFn,
-    scheduler,
+    scheduler: Scheduler,
     x0: torch.Tensor,
     *,
     time_embedding_type: str = "positional",
@@ -217,64 +279,68 @@ def ode_bpd(
         model_fn (`Callable`): (x, timestep) -> network output, given what the UNet gets as its timestep, a (B,)
             tensor: `scheduler.model_timestep(t, time_embedding_type)` (for NCSN the level index, or sigma_t for
             a `"fourier"` UNet; for DDPM the float timestep). The output is read as the scheduler's
-            `prediction_type` (`score_from_model_output`), so learned-variance DDPM outputs work.
+            `prediction_type` (`score_from_model_output`), so learned-variance DDPM outputs work. Batch elements
+            must not interact (no batch norm in training mode).
         scheduler (`NCSNScheduler` or `DDPMPosteriorScheduler`): its `noise_process` defines the ODE.
-        x0 (`torch.Tensor`): (B, C, H, W) points in [-1, 1]; on the 8-bit grid for `dequantize=True`.
-        time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`.
+        x0 (`torch.Tensor`): (B, C, H, W) points in [-1, 1]; on the 8-bit grid for `dequantize=True`. The ODE
+            runs in x0's dtype (use float32 or float64).
+        time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`,
+            `"positional"` or `"fourier"` (a `"learned"` table has no value between the trained timesteps).
         dequantize (`bool`, defaults to `True`): score the 8-bit bins (uniform dequantization, a bound in the
             ELBO's currency); `False`: the continuous density at the points x0.
-        exact_trace (`bool`, defaults to `False`): the exact divergence (D backward passes per evaluation, for
-            D <= 4096) instead of Hutchinson's estimate.
+        exact_trace (`bool`, defaults to `False`): the exact divergence (D copies of the batch differentiated
+            per evaluation, for D <= 4096) instead of Hutchinson's estimate; `num_probes` is then unused.
         num_probes (`int`, defaults to 1): Rademacher probes per image for Hutchinson's estimate (their mean is
             reported, with its standard error for two or more).
-        rtol (`float`, defaults to 1e-5), atol (`float`, defaults to 1e-5): the adaptive solver's tolerances.
+        rtol (`float`, defaults to 1e-5), atol (`float`, defaults to 1e-5): the adaptive solver's tolerances
+            (unused by the fixed-step methods).
         generator (`torch.Generator`, *optional*): draws the dequantization noise and the probes (all images'
-            before any batching, so the result does not depend on `batch_size`).
-        batch_size (`int`, *optional*): images per ODE solve (default: all at once).
+            before any batching).
+        batch_size (`int`, *optional*): images per ODE solve (default: all at once). Fixed-step results do not
+            depend on it; an adaptive solver chooses its steps per batch, within its tolerance.
         method (`str`, defaults to `"dopri5"`): torchdiffeq solver; adaptive `"dopri5"`, `"bosh3"`,
             `"adaptive_heun"`, or fixed-step `"rk4"`, `"midpoint"`, `"euler"` with `num_steps`.
         num_steps (`int`, *optional*): steps of a fixed-step method, evenly spaced in t.
         progress (`Callable`, *optional*): `progress(total=...)` returns a bar (e.g. a pipeline's `progress_bar`),
             advanced along the ODE's time.
+
+    Returns:
+        `ODELikelihoodOutput`; `nfe` counts the right-hand-side evaluations (each one batched forward pass, the
+        exact trace's split over copies when D * B is large).
     """
-    if x0.ndim < 2 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must be a non-empty batch of images (B, C, H, W), got shape {tuple(x0.shape)}")
-    check_bool("dequantize", dequantize)
-    check_bool("exact_trace", exact_trace)
-    check_positive_int("num_probes", num_probes, maximum=MAX_PROBES)
-    _check_solver(method, num_steps, rtol, atol)
+    _check_arguments(
+        scheduler, x0, time_embedding_type, dequantize, exact_trace, num_probes, (method, num_steps, rtol, atol)
+    )
     batch_size = len(x0) if batch_size is None else check_positive_int("batch_size", batch_size)
-    dimensions = x0[0].numel()
-    if exact_trace and dimensions > MAX_EXACT_TRACE_DIMS:
-        raise ValueError(
-            f"exact_trace=True takes {dimensions} backward passes per network call for these {dimensions}-dimensional "
-            f"images; it is offered up to {MAX_EXACT_TRACE_DIMS} dimensions: use Hutchinson's estimate "
-            "(exact_trace=False, num_probes >= 1)"
-        )
-    scheduler.model_timestep(0, time_embedding_type)  # checks the embedding type before any solve
-    if dequantize:
-        _check_on_the_8bit_grid(x0)
-    process = scheduler.noise_process
-    t_end = float(process.num_levels - 1)
-    alpha_end, sigma_end = process.marginal(process.num_levels - 1)
+    x0 = x0.detach()  # the result is not differentiable (the divergence is detached): keep no graph
     x, probes = _random_inputs(x0, dequantize, None if exact_trace else num_probes, generator)
+    process = scheduler.noise_process
+    alpha_end, sigma_end = process.marginal(process.num_levels - 1)
 
     rows = list(torch.arange(len(x0)).split(batch_size))
-    bar = progress(total=len(rows) * t_end) if progress is not None else None
+    bar = progress(total=len(rows) * float(process.num_levels - 1)) if progress is not None else None
     log_density, prior, nfe = [], [], 0
-    for chunk in rows:
-        flow = _ProbabilityFlow(model_fn, scheduler, time_embedding_type, None if probes is None else probes[chunk])
+    try:
+        for chunk in rows:
+            on_time = _advance(bar) if bar is not None else None
+            flow = _ProbabilityFlow(
+                model_fn, scheduler, time_embedding_type, None if probes is None else probes[chunk], on_time
+            )
+            x_end, integral = _solve(flow, x[chunk], method, num_steps, rtol, atol)
+            prior.append(_prior_log_density(x_end, alpha_end**2 + sigma_end**2))
+            log_density.append(prior[-1][:, None] + integral.double())
+            nfe += flow.nfe
+    finally:
         if bar is not None:
-            flow.on_time = _advance(bar)
-        x_end, integral = _solve(flow, x[chunk], t_end, method, num_steps, rtol, atol)
-        prior_chunk = _prior_log_density(x_end, alpha_end**2 + sigma_end**2)
-        prior.append(prior_chunk)
-        log_density.append(prior_chunk[:, None] + integral.double())
-        nfe += flow.nfe
-    if bar is not None:
-        bar.close()
+            bar.close()
+    return _output(torch.cat(log_density), torch.cat(prior), x0[0].numel(), dequantize, exact_trace, nfe)
 
-    bits = -torch.cat(log_density) / (dimensions * math.log(2.0)) + (DEQUANTIZATION_OFFSET if dequantize else 0.0)
+
+def _output(
+    log_density: torch.Tensor, prior: torch.Tensor, dimensions: int, dequantize: bool, exact_trace: bool, nfe: int
+) -> ODELikelihoodOutput:
+    """Bits/dim from log p (B, K) (one column per probe), their mean and its standard error over the probes."""
+    bits = -log_density / (dimensions * math.log(2.0)) + (DEQUANTIZATION_OFFSET if dequantize else 0.0)
     if bits.shape[1] > 1:
         stderr = bits.std(dim=1) / math.sqrt(bits.shape[1])
     else:
@@ -282,12 +348,12 @@ def ode_bpd(
     return ODELikelihoodOutput(
         bits_per_dim=bits.mean(dim=1).float(),
         bits_per_dim_stderr=stderr.float(),
-        prior_bits_per_dim=(-torch.cat(prior) / (dimensions * math.log(2.0))).float(),
+        prior_bits_per_dim=(-prior / (dimensions * math.log(2.0))).float(),
         nfe=nfe,
     )
 
 
-def _advance(bar) -> Callable[[float], None]:
+def _advance(bar: Any) -> Callable[[float], None]:
     """Advance `bar` with the furthest time this solve has reached (an adaptive solver may step back)."""
     reached = [0.0]
 

@@ -305,9 +305,13 @@ class ShareablePipeline(DiffusionPipeline):
         """The UNet's timestep input at a scheduler timestep index (the index itself by default)."""
         return timestep
 
-    def _likelihood_inputs(self, images: torch.Tensor, generator, batch_size: int | None) -> torch.Tensor:
-        """Check the likelihood arguments (before any UNet call) and return the images as UNet inputs."""
-        x0 = as_likelihood_input(images, self.unet.config).to(device=self._execution_device, dtype=self.unet.dtype)
+    def _likelihood_inputs(
+        self, images: torch.Tensor, generator, batch_size: int | None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Check the likelihood arguments (before any UNet call) and return the images as UNet inputs (of `dtype`,
+        default the UNet's)."""
+        x0 = as_likelihood_input(images, self.unet.config)
+        x0 = x0.to(device=self._execution_device, dtype=dtype or self.unet.dtype)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -343,9 +347,11 @@ class ShareablePipeline(DiffusionPipeline):
             num_steps (`int`, *optional*): steps of a fixed-step method.
             dequantize (`bool`, defaults to `True`): `False` gives the continuous density at the images.
         """
-        x0 = self._likelihood_inputs(images, generator, batch_size)
+        # the ODE's state and its integral stay float32 even for a half-precision UNet: only its calls are cast
+        x0 = self._likelihood_inputs(images, generator, batch_size, dtype=torch.float32)
+        dtype = self.unet.dtype
         return ode_bpd(
-            lambda x, timestep: self.unet(x, timestep).sample,
+            lambda x, timestep: self.unet(x.to(dtype), timestep).sample.to(x.dtype),
             self.scheduler,
             x0,
             time_embedding_type=self.unet.config.time_embedding_type,

@@ -59,6 +59,11 @@ def _is_scalar(t) -> bool:
     return not isinstance(t, torch.Tensor) or t.ndim == 0
 
 
+def is_float(t) -> bool:
+    """Whether a timestep is given as a real number (a time of the continuous extension) rather than an index."""
+    return isinstance(t, float) or isinstance(t, torch.Tensor) and t.is_floating_point()
+
+
 def is_fractional_scalar(t) -> bool:
     """Whether t is one level between the tables' levels (the continuous extension's domain)."""
     return _is_scalar(t) and not float(t).is_integer()
@@ -121,9 +126,10 @@ class NoiseProcess:
         """(alpha_t, sigma_t) of q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I).
 
         Integer levels (a scalar or one per sample) read the tables, as `gather` returns them; a fractional scalar
-        t in [0, T - 1] gets the continuous extension between them, as Python floats.
+        t in [0, T - 1], or any float scalar without `like`, gets the continuous extension (the tables' values at
+        integers), as Python floats.
         """
-        if is_fractional_scalar(t):
+        if is_fractional_scalar(t) or like is None and _is_scalar(t) and is_float(t):
             return self.continuous_marginal(t)[:2]
         return self.alpha(t, like), self.sigma(t, like)
 

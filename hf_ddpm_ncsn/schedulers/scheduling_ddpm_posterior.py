@@ -18,7 +18,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
-from .noise_process import VariancePreserving, gather, is_fractional_scalar
+from .noise_process import VariancePreserving, gather, is_float
 from .validation import check_bool, check_choice, check_float_in_range, check_positive_float, check_positive_int
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -222,7 +222,7 @@ class DDPMPosteriorScheduler(SchedulerMixin, ConfigMixin):
                 `"positional"` or `"learned"` (both embed the timestep; `"fourier"` embeds NCSN's sigma).
         """
         check_choice("time_embedding_type", time_embedding_type, ("positional", "learned"))
-        return torch.as_tensor(timestep, dtype=torch.float32 if is_fractional_scalar(timestep) else torch.long)
+        return torch.as_tensor(timestep, dtype=torch.float32 if is_float(timestep) else torch.long)
 
     def marginal(
         self, timestep: float | torch.Tensor, like: torch.Tensor | None = None

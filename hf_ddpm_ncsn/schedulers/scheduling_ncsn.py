@@ -17,7 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise_process import VarianceExploding, is_fractional_scalar
+from .noise_process import VarianceExploding, is_float
 from .validation import check_bool, check_choice, check_positive_float, check_positive_int
 
 PREDICTION_TYPES = ("epsilon", "score")
@@ -181,15 +181,15 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         """The value to pass to the network as its timestep at level index `timestep`.
 
         Args:
-            timestep (`int`, `float` or `torch.Tensor`): level index, a scalar or one per sample; a fractional
-                scalar is a level of the continuous extension (the probability-flow ODE's time).
+            timestep (`int`, `float` or `torch.Tensor`): level index, a scalar or one per sample; a float scalar
+                is a time of the continuous extension (the probability-flow ODE's), given to the network as a float.
             time_embedding_type (`str`, defaults to `"positional"`): the UNet2DModel's `time_embedding_type`:
                 `"positional"`/`"learned"` embed the index; `"fourier"` embeds log sigma and divides its output
                 by sigma, so it gets sigma_t.
         """
         check_choice("time_embedding_type", time_embedding_type, TIME_EMBEDDING_TYPES)
-        if is_fractional_scalar(timestep):
-            value = self.marginal(timestep)[1] if time_embedding_type == "fourier" else float(timestep)
+        if is_float(timestep) and (not isinstance(timestep, torch.Tensor) or timestep.ndim == 0):
+            value = self.marginal(float(timestep))[1] if time_embedding_type == "fourier" else float(timestep)
             device = timestep.device if isinstance(timestep, torch.Tensor) else None
             return torch.tensor(value, dtype=torch.float32, device=device)
         t = torch.as_tensor(timestep, dtype=torch.long)
