@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_training import SCRIPTS, TINY, _weights, run_script, run_with_a_crash
+from test_training import SCRIPTS, TINY, TWO_GLOO_PROCESSES, _weights, run_script, run_with_a_crash
 
 from hf_ddpm_ncsn.losses import LossTerms
 from hf_ddpm_ncsn.training import main
@@ -228,9 +228,7 @@ def test_a_killed_run_with_the_sampler_resumes_to_the_same_weights_and_sampler_s
 def test_two_gloo_processes_hold_the_same_sampler_state(tmp_path):
     out = tmp_path / "dist"
     result = run_script(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "4",
+        [*TWO_GLOO_PROCESSES, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "4",
          "--checkpointing_steps", "4", *SAMPLED]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

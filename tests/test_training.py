@@ -35,6 +35,11 @@ TINY_NCSN = TINY + ["--num_noise_levels", "4", "--num_langevin_steps", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DDPM_NCSN_PROCESS_REPORT": "1"}
 
 
+# `accelerate launch` of two gloo processes on this CPU (the scripts build Accelerator(cpu=True) without CUDA)
+TWO_GLOO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
 def run_script(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV)
 
@@ -47,9 +52,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_two_gloo_processes_share_weights_and_split_the_data(tmp_path):
     out = tmp_path / "dist"
     result = run_script(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "4", *TINY_DDPM]
+        [*TWO_GLOO_PROCESSES, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "4",
+         *TINY_DDPM]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((out / "logs" / f"process-{i}.json").read_text()) for i in range(2)]
@@ -592,9 +596,7 @@ def test_a_unet_config_from_a_file_a_folder_or_a_hub_repo_trains_on_two_processe
         pipe.push_to_hub(source, num_grid_images=0)
         env = hub_env
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "1",
+    command = [*TWO_GLOO_PROCESSES, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "1",
                "--model_config_name_or_path", str(source), "--resolution", "8", "--train_batch_size", "16",
                "--logger", "none", "--num_preview_images", "2", "--ddpm_num_steps", "20"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**ENV, **env})
@@ -608,9 +610,7 @@ def test_a_unet_config_from_a_file_a_folder_or_a_hub_repo_trains_on_two_processe
 @pytest.mark.slow
 def test_a_failure_on_the_main_process_alone_stops_every_process(tmp_path):
     # only the main process publishes checkpoints: when that fails, the other process must not wait at a barrier
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(SUPPORT / "train_with_faults.py"), "fail", "2", str(SCRIPTS / "train_ddpm.py"),
+    command = [*TWO_GLOO_PROCESSES, str(SUPPORT / "train_with_faults.py"), "fail", "2", str(SCRIPTS / "train_ddpm.py"),
                "--output_dir", str(tmp_path / "out"), "--max_train_steps", "4", "--checkpointing_steps", "2",
                *TINY_DDPM]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=ENV)
