@@ -46,3 +46,35 @@ def test_image_grid_takes_a_uint8_tensor_as_it_takes_the_images():
     assert (grid[0] == 128).all() and (grid[:, 13] == 128).all()  # the gaps
     with pytest.raises(ValueError, match="uint8 tensor"):
         image_grid(rgb.float())
+
+
+def _plot_elbo_terms_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "plot_elbo_terms.py"
+    spec = importlib.util.spec_from_file_location("plot_elbo_terms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_before_after_script_draws_two_reports_of_different_T_on_one_figure(tmp_path):
+    import json
+
+    script = _plot_elbo_terms_script()
+    paths = []
+    for name, num_timesteps in (("a", 4), ("b", 10)):
+        terms = [2.0] + [0.01 * (t + 1) for t in range(num_timesteps - 1)]
+        report = {"likelihood": {"terms_mean_per_timestep": terms, "bits_per_dim": sum(terms), "decoder_bpd": 2.0}}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    label, points = script.series_of(json.loads(paths[1].read_text()), "recipe")
+    assert label == "recipe (T = 10: 2.45 bits/dim, L_0 = 2.00)"
+    assert points[0] == (0.0, 2.0) and points[-1] == pytest.approx((0.9, 0.09))  # x is t / T
+    argv = ["--report", str(paths[0]), "--label", "before", "--report", str(paths[1]), "--label", "after"]
+    output = script.main(argv + ["--output", str(tmp_path / "out" / "terms.png")])
+    with Image.open(output) as image:
+        assert image.size == (760, 440) and len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 3
+    with pytest.raises(SystemExit):  # one label per report
+        script.main(argv[:-2] + ["--output", str(tmp_path / "x.png")])

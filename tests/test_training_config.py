@@ -164,3 +164,28 @@ def test_the_main_job_configs_parse_to_the_arguments_they_replaced(tmp_path, fam
     got = parse_training_arguments(family, _main_job_module().train_argv(family, out, quick))
     assert [vars(a) for a in got] == [vars(a) for a in expected]
     assert all(type(v) is type(vars(expected[1])[k]) for k, v in vars(got[1]).items())  # 4e-05 stays a float
+
+
+# --- the likelihood recipe: configs/likelihood/ddpm.yaml (README, "A recipe for the digits") ------------------
+
+LIKELIHOOD_RECIPE = [
+    "--resolution", "8", "--center_crop", "true", "--block_out_channels", "32", "64", "64", "--layers_per_block", "1",
+    "--train_batch_size", "64", "--max_train_steps", "11000", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
+    "--lr_warmup_steps", "100", "--ema_max_decay", "0.999", "--ema_power", "0.75", "--checkpointing_steps", "2000",
+    "--checkpoints_total_limit", "1", "--num_preview_images", "16", "--logger", "tensorboard",
+    "--ddpm_num_steps", "1000", "--ddpm_beta_schedule", "linear-logsnr", "--logsnr_max", "10", "--logsnr_min", "-10",
+    "--variance_type", "learned_range", "--loss_type", "vlb", "--timestep_sampler", "loss-second-moment",
+]  # fmt: skip
+
+
+def test_the_likelihood_recipe_config_parses_and_validates(tmp_path):
+    """Parsing only (no training): the file loads, passes every check (the linear-logsnr schedule is built to check
+    its betas, learned_range with a loss that trains it) and means exactly the recipe's flags."""
+    out = ["--output_dir", str(tmp_path / "out")]
+    got = parse_training_arguments("ddpm", ["--config", str(ROOT / "configs" / "likelihood" / "ddpm.yaml"), *out])
+    expected = parse_training_arguments("ddpm", LIKELIHOOD_RECIPE + out)
+    assert [vars(a) for a in got] == [vars(a) for a in expected]
+    args, ddpm = got
+    assert ddpm.ddpm_beta_schedule == "linear-logsnr" and (ddpm.logsnr_max, ddpm.logsnr_min) == (10.0, -10.0)
+    assert ddpm.variance_type == "learned_range" and ddpm.loss_type == "vlb" and args.max_train_steps == 11000
+    assert not (tmp_path / "out").exists()  # parsing creates nothing
