@@ -318,7 +318,7 @@ def ode_bpd(
     alpha_end, sigma_end = process.marginal(process.num_levels - 1)
 
     rows = list(torch.arange(len(x0)).split(batch_size))
-    bar = progress(total=len(rows) * float(process.num_levels - 1)) if progress is not None else None
+    bar = progress(total=len(rows) * (process.num_levels - 1)) if progress is not None else None
     log_density, prior, nfe = [], [], 0
     try:
         for chunk in rows:
@@ -354,12 +354,14 @@ def _output(
 
 
 def _advance(bar: Any) -> Callable[[float], None]:
-    """Advance `bar` with the furthest time this solve has reached (an adaptive solver may step back)."""
-    reached = [0.0]
+    """Advance `bar` by the whole time units this solve has passed (an adaptive solver may step back; whole units
+    keep the bar's counts readable)."""
+    reached = [0]
 
     def on_time(t: float) -> None:
-        if t > reached[0]:
-            bar.update(t - reached[0])
-            reached[0] = t
+        passed = math.floor(t)
+        if passed > reached[0]:
+            bar.update(passed - reached[0])
+            reached[0] = passed
 
     return on_time
