@@ -128,7 +128,7 @@ def test_hutchinson_estimate_is_unbiased_for_the_exact_trace(make):
     x = _points(2, 3, seed=1)
     model_fn = gaussian_model(scheduler, covariance)
     exact = gaussian_bits(x, covariance, scheduler)
-    solve = {"dequantize": False, "rtol": 1e-7, "atol": 1e-7}
+    solve = {"dequantize": False, "rtol": 1e-6, "atol": 1e-6}  # solver error ~1e-5 of the NLL, << the probes' 1e-3
     many = ode_bpd(model_fn, scheduler, x, num_probes=400, generator=torch.Generator().manual_seed(0), **solve)
     stderr = many.bits_per_dim_stderr.double().numpy()
     assert np.all(stderr > 1e-3)  # the probes disagree: the test could fail
