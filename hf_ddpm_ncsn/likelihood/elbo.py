@@ -16,11 +16,11 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..images import BIN_HALF_WIDTH
 from ..schedulers.noise_process import mean_flat
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.validation import check_choice, check_positive_int
 
-BIN_HALF_WIDTH = 1.0 / 255.0
 _LOG2 = math.log(2.0)
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -12,8 +12,9 @@ carries the marginals q_t without noise, so a point x at t = 0 maps deterministi
 with the prior p_T = N(0, (alpha_T^2 + sigma_T^2) I) (the marginal at T of unit-variance data; NCSN: 1 +
 sigma_max^2, DDPM: 1). With the exact score this is the exact density of x_0 noised to the first level, so for
 Gaussian data N(0, s^2 I) it is N(x; 0, (alpha_0^2 s^2 + sigma_0^2) I) up to the prior's mismatch at T. The
-divergence is exact (D vector-Jacobian products) or Hutchinson's estimate with Rademacher probes (unbiased for the
-log-density; each probe is held fixed along the trajectory so that the adaptive solver sees one smooth ODE).
+divergence is exact (the Jacobian's diagonal, from D copies of the batch) or Hutchinson's estimate with Rademacher
+probes (unbiased for the log-density; each probe is held fixed along the trajectory so that the adaptive solver
+sees one smooth ODE).
 
 `dequantize=True` scores 8-bit images: x + u with u uniform over the pixel's bin of width 2/255 (the bins of the
 ELBO's decoder), and -log2 P(bin) / D <= E_u[-log2 p(x + u)] / D + log2(127.5) (Jensen): each draw of u is a
@@ -32,10 +33,11 @@ import torch
 from diffusers.utils import BaseOutput
 from torchdiffeq import odeint
 
+from ..images import BIN_HALF_WIDTH, is_on_8bit_grid
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.scheduling_ncsn import NCSNScheduler
 from ..schedulers.validation import check_bool, check_choice, check_positive_float, check_positive_int
-from .elbo import BIN_HALF_WIDTH, ModelFn
+from .elbo import ModelFn
 
 Scheduler = Union[NCSNScheduler, DDPMPosteriorScheduler]  # noqa: UP007 (a runtime alias under Python 3.10)
 
@@ -84,17 +86,6 @@ def _check_solver(method: str, num_steps: int | None, rtol: float, atol: float) 
         raise ValueError(
             f"num_steps={num_steps} applies to the fixed-step methods {FIXED_STEP_METHODS}, not to the adaptive "
             f"method={method!r} (it sets its own steps from rtol and atol)"
-        )
-
-
-def _check_on_the_8bit_grid(x0: torch.Tensor) -> None:
-    levels = (x0.double() + 1) / (2 * BIN_HALF_WIDTH)
-    rounded = levels.round()
-    on_grid = bool(torch.isfinite(levels).all()) and (levels - rounded).abs().max() <= 1e-3
-    if not on_grid or rounded.min() < 0 or rounded.max() > 255:
-        raise ValueError(
-            "dequantize=True scores 8-bit images: x0 must lie on the 256 bin centres v / 127.5 - 1 of [-1, 1] "
-            "(hf_ddpm_ncsn.images.uint8_to_model); pass dequantize=False for the density at arbitrary points"
         )
 
 
@@ -252,8 +243,11 @@ def _check_arguments(
             "the probability-flow ODE needs alpha_t > 0 at every level; this schedule ends at alpha_T = 0 (zero "
             "terminal SNR, rescale_betas_zero_snr=True), where the prior and the drift are undefined"
         )
-    if dequantize:
-        _check_on_the_8bit_grid(x0)
+    if dequantize and not is_on_8bit_grid(x0):
+        raise ValueError(
+            "dequantize=True scores 8-bit images: x0 must lie on the 256 bin centres v / 127.5 - 1 of [-1, 1] "
+            "(hf_ddpm_ncsn.images.uint8_to_model); pass dequantize=False for the density at arbitrary points"
+        )
 
 
 def ode_bpd(

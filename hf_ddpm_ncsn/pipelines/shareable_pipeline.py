@@ -14,7 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..images import uint8_to_model
+from ..images import is_on_8bit_grid, uint8_to_model
 from ..likelihood.probability_flow import ODELikelihoodOutput, ode_bpd
 from ..plots import image_grid
 from ..progress import tqdm_kwargs
@@ -60,13 +60,7 @@ def as_likelihood_input(images: torch.Tensor, unet_config) -> torch.Tensor:
         return uint8_to_model(images)
     if not torch.is_floating_point(images):
         raise ValueError(f"images must be uint8 or float, got {images.dtype}")
-    levels = (images.double() + 1) * 127.5
-    if (
-        not torch.isfinite(images).all()
-        or images.min() < -1
-        or images.max() > 1
-        or (levels - levels.round()).abs().max() > 1e-3
-    ):
+    if not is_on_8bit_grid(images):
         raise ValueError(
             "images must be 8-bit data scaled to [-1, 1] (x = uint8 / 127.5 - 1): the likelihood is over 256 bins"
         )

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..images import BIN_HALF_WIDTH
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 #: the log-SNR schedule's name (training only: its betas travel as `trained_betas`)
 LINEAR_LOGSNR = "linear-logsnr"
@@ -24,8 +26,6 @@ LINEAR_LOGSNR = "linear-logsnr"
 # about 17.3 on; a noise standard deviation of e^-8 = 3.4e-4 is already 1/23 of an 8-bit bin. Below -20, alpha_bar_T
 # = 2e-9 and the prior term is ~1e-9 bits/dim: the extra timesteps would only add noise to pure noise.
 LOGSNR_RANGE = (-20.0, 16.0)
-#: half-width of an 8-bit bin of data scaled to [-1, 1]
-BIN_HALF_WIDTH = 1.0 / 255.0
 
 
 def _alpha_bar_betas(num_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999) -> np.ndarray:
