@@ -1,6 +1,7 @@
 """NCSN and DDPM as first-class diffusers schedulers and pipelines."""
 
 from . import likelihood, losses, ncsnv2
+from .fourier_unet import FourierFeaturesUNet2DModel
 from .likelihood import ELBOOutput
 from .pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from .schedulers import DDPMPosteriorScheduler, NCSNScheduler
@@ -15,6 +16,7 @@ _register_with_diffusers(
         "DDPMPosteriorPipeline": DDPMPosteriorPipeline,
         "NCSNScheduler": NCSNScheduler,
         "DDPMPosteriorScheduler": DDPMPosteriorScheduler,
+        "FourierFeaturesUNet2DModel": FourierFeaturesUNet2DModel,
     },
     folder_check=lambda folder, pipeline_class, variant: check_pipeline_folder(
         folder, pipeline_class.loadable_class_names, variant=variant
@@ -25,6 +27,7 @@ __all__ = [
     "DDPMPosteriorPipeline",
     "DDPMPosteriorScheduler",
     "ELBOOutput",
+    "FourierFeaturesUNet2DModel",
     "NCSNPipeline",
     "NCSNScheduler",
     "likelihood",

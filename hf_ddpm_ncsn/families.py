@@ -47,6 +47,8 @@ def unet_config(args: TrainingArguments) -> dict[str, Any]:
     """The UNet config of a run before the data fixes its size and channels (loaded, or the default one)."""
     if args.model_config_name_or_path is None:
         config = default_unet_config(args.block_out_channels, args.layers_per_block)
+        if args.fourier_feature_exponents is not None:
+            config["fourier_feature_exponents"] = list(args.fourier_feature_exponents)
     else:
         config = load_unet_config(args.model_config_name_or_path)
     levels = len(config["block_out_channels"])

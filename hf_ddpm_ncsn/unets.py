@@ -9,6 +9,10 @@ from typing import Any
 
 from diffusers import UNet2DModel
 
+from .fourier_unet import FourierFeaturesUNet2DModel
+
+UNET_CLASSES = {cls.__name__: cls for cls in (UNet2DModel, FourierFeaturesUNet2DModel)}
+
 
 def default_unet_config(
     block_out_channels: Sequence[int] | None, layers_per_block: int | None, attention: bool = True
@@ -47,10 +51,10 @@ def load_unet_config(name_or_path: str) -> dict[str, Any]:
         except (OSError, ValueError) as err:
             reasons.append(str(err).splitlines()[0])
             continue
-        if config.get("_class_name", "UNet2DModel") != "UNet2DModel" or "block_out_channels" not in config:
+        if config.get("_class_name", "UNet2DModel") not in UNET_CLASSES or "block_out_channels" not in config:
             raise ValueError(
                 f"--model_config_name_or_path {name_or_path!r} holds a {config.get('_class_name')!r} config, not a "
-                "UNet2DModel config (config.json with block_out_channels)"
+                f"config of {' or '.join(UNET_CLASSES)} (config.json with block_out_channels)"
             )
         return dict(config)
     raise ValueError(
@@ -60,7 +64,9 @@ def load_unet_config(name_or_path: str) -> dict[str, Any]:
 
 
 def build_unet(config: dict[str, Any], resolution: int, channels: int, out_channels: int, **overrides) -> UNet2DModel:
-    """A UNet2DModel from a config (see `unet_config`), sized for the data."""
-    return UNet2DModel.from_config(
+    """A UNet2DModel from a config (see `unet_config`), sized for the data: a `FourierFeaturesUNet2DModel` when the
+    config has `fourier_feature_exponents`."""
+    cls = FourierFeaturesUNet2DModel if "fourier_feature_exponents" in config else UNet2DModel
+    return cls.from_config(
         {**config, "sample_size": resolution, "in_channels": channels, "out_channels": out_channels, **overrides}
     )

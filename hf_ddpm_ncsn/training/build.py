@@ -165,7 +165,7 @@ def build_ema(args: TrainingArguments, unet: UNet2DModel) -> EMAModel | None:
         inv_gamma=args.ema_inv_gamma,
         power=args.ema_power,
         foreach=True,  # one fused update over all parameters: the per-tensor loop cost ~20% of a CPU step
-        model_cls=UNet2DModel,
+        model_cls=type(unet),
         model_config=unet.config,
     )
 

@@ -70,8 +70,9 @@ def save_checkpoint(
 
 def with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UNet2DModel:
     """An unwrapped copy of the UNet carrying the EMA weights (the training weights are left alone)."""
-    model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
-    model.load_state_dict(accelerator.unwrap_model(unet).state_dict())
+    trained = accelerator.unwrap_model(unet)
+    model = type(trained).from_config(trained.config)
+    model.load_state_dict(trained.state_dict())
     if ema is not None:
         ema.copy_to(model.parameters())
     return model.eval()
