@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ncsn", help="a saved NCSNPipeline folder")
     parser.add_argument("--ddpm", help="a saved DDPMPosteriorPipeline folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ncsn_num_langevin_steps", type=int, nargs="*", default=[None], help="Langevin steps per level to run"
+    )
     parser.add_argument("--ddpm_jump_n_sample", type=int, nargs="*", default=[1], help="RePaint settings to run")
     parser.add_argument("--ddpm_jump_length", type=int, default=10)
     args = parser.parse_args(argv)
@@ -51,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.ncsn:
         pipe = load_pipeline(args.ncsn)
         pipe.set_progress_bar_config(disable=True)
-        rows.append(score_inpainting("NCSN, replacement", pipe, classifier, images, labels, mask, args.seed))
+        for steps in args.ncsn_num_langevin_steps:
+            name = "NCSN, replacement" + ("" if steps is None else f", {steps} Langevin steps per level")
+            rows.append(
+                score_inpainting(name, pipe, classifier, images, labels, mask, args.seed, num_langevin_steps=steps)
+            )
     if args.ddpm:
         pipe = load_pipeline(args.ddpm)
         pipe.set_progress_bar_config(disable=True)

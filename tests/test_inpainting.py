@@ -22,6 +22,8 @@ import torch
 from support.tiny_models import tiny_ddpm, tiny_ncsn
 
 from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
+from hf_ddpm_ncsn.evaluation.feature_classifier import FeatureClassifier
+from hf_ddpm_ncsn.evaluation.inpainting import bottom_half_mask, format_inpainting_table, mean_fill, score_inpainting
 from hf_ddpm_ncsn.pipelines.inpainting import (
     KnownPixels,
     ddpm_inpainting_loop,
@@ -459,3 +461,20 @@ def test_callback_sees_every_network_step(make):
 
     pipe(image=torch.zeros(1, 1, 8, 8), mask_image=GOOD_MASK, num_inference_steps=2, callback_on_step_end=callback)
     assert steps == list(range(len(pipe.scheduler.timesteps)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The evaluation's pieces (scripts/inpainting_eval.py)
+def test_inpainting_evaluation_pieces():
+    images = torch.from_numpy(_grey_uint8(3)).permute(0, 3, 1, 2).contiguous()
+    train = torch.stack([torch.full((1, 8, 8), 10, dtype=torch.uint8), torch.full((1, 8, 8), 21, dtype=torch.uint8)])
+    mask = bottom_half_mask(8, 8)
+    assert mask[0, 0, :4].sum() == 0 and mask[0, 0, 4:].min() == 1
+    filled = mean_fill(images, mask, train)
+    assert torch.equal(filled[:, :, :4], images[:, :, :4]) and (filled[:, :, 4:] == 16).all()  # round(15.5) = 16
+
+    pipe = tiny_ddpm()
+    torch.manual_seed(0)
+    row = score_inpainting("ddpm", pipe, FeatureClassifier(1, 8, 10), images, torch.tensor([0, 1, 2]), mask)
+    assert row.network_evaluations == 20 and 0 <= row.accuracy <= 1 and row.seconds > 0
+    assert "| ddpm |" in format_inpainting_table([row])

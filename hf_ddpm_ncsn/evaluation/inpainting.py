@@ -44,13 +44,6 @@ def mean_fill(images: torch.Tensor, mask: torch.Tensor, train_images: torch.Tens
     return torch.where(mask.bool(), mean, images)
 
 
-def count_unet_calls(pipe) -> list[int]:
-    """A one-element list that counts the pipeline's UNet calls from now on (a forward pre-hook)."""
-    counter = [0]
-    pipe.unet.register_forward_pre_hook(lambda module, args: counter.__setitem__(0, counter[0] + 1))
-    return counter
-
-
 def inpaint_uint8(
     pipe, images: torch.Tensor, mask: torch.Tensor, seed: int = 0, **call_kwargs: Any
 ) -> tuple[torch.Tensor, float]:
@@ -81,8 +74,12 @@ def score_inpainting(
     **call_kwargs: Any,
 ) -> InpaintingScore:
     """Inpaint `images` (uint8) with `pipe` and score the completions with `classifier` (see `InpaintingScore`)."""
-    calls = count_unet_calls(pipe)
-    completed, seconds = inpaint_uint8(pipe, images, mask, seed, **call_kwargs)
+    calls = [0]
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    try:
+        completed, seconds = inpaint_uint8(pipe, images, mask, seed, **call_kwargs)
+    finally:
+        hook.remove()
     return InpaintingScore(name, accuracy(classifier, completed, labels), calls[0], seconds)
 
 
