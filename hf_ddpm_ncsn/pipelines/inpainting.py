@@ -83,17 +83,19 @@ def _batch_count(name: str, count: int, batch_size: int) -> None:
         )
 
 
-def _pil_list(value: Any) -> list[PIL.Image.Image] | None:
+def _pil_list(name: str, value: Any) -> list[PIL.Image.Image] | None:
     if isinstance(value, PIL.Image.Image):
         return [value]
     if isinstance(value, list | tuple) and value and all(isinstance(v, PIL.Image.Image) for v in value):
+        if len({v.size for v in value}) > 1:
+            raise ValueError(f"{name} is a list of PIL images of different sizes {sorted({v.size for v in value})}")
         return list(value)
     return None
 
 
 def _image_to_tensors(image: Any, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) in [-1, 1] and in [0, 1] (float32) from any accepted form, without checking the size."""
-    pils = _pil_list(image)
+    pils = _pil_list("image", image)
     if pils is not None:
         mode = "L" if channels == 1 else "RGB"
         image = np.stack([np.asarray(p.convert(mode), dtype=np.uint8).reshape(p.height, p.width, -1) for p in pils])
@@ -134,7 +136,7 @@ def _check_range(values: torch.Tensor, low: float, high: float, what: str) -> No
 
 def _mask_to_tensor(mask_image: Any) -> torch.Tensor:
     """(B, 1, H, W) bool, True = regenerate, from any accepted form, without checking the size."""
-    pils = _pil_list(mask_image)
+    pils = _pil_list("mask_image", mask_image)
     if pils is not None:
         if any(p.mode not in ("L", "1") for p in pils):
             modes = sorted({p.mode for p in pils})

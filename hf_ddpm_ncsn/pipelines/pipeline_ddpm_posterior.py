@@ -96,9 +96,10 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             mask_image (PIL image, NumPy array or tensor, *optional*): white (1) = regenerate, black (0) = keep: a
                 PIL "L" (0/255) or "1" image, or an (H, W) / (B, 1, H, W) array of 0 and 1. The known pixels are
                 replaced by a draw of q(x_t | x_0) before the step at every timestep t.
-            jump_length (`int`, defaults to 10): RePaint's jump: steps to go back up the chain at each resampling.
-            jump_n_sample (`int`, defaults to 1): RePaint's passes over each stretch of `jump_length` steps; 1 is
-                plain replacement, r costs about r times the network calls (see
+            jump_length (`int`, defaults to 10): RePaint's jump, used with `image`: steps to go back up the chain at
+                each resampling.
+            jump_n_sample (`int`, defaults to 1): RePaint's passes over each stretch of `jump_length` steps, used
+                with `image`; 1 is plain replacement, r costs about r times the network calls (see
                 `hf_ddpm_ncsn.pipelines.inpainting.resampling_schedule`).
         """
         self.check_inputs(
