@@ -20,6 +20,7 @@ from hf_ddpm_ncsn.evaluation.inpainting import (
     bottom_half_mask,
     format_inpainting_table,
     mean_fill,
+    nearest_neighbour_fill,
     score_inpainting,
 )
 from hf_ddpm_ncsn.evaluation.loading import load_pipeline
@@ -47,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
         InpaintingScore(
             "bottom half = training mean (floor)",
             accuracy(classifier, mean_fill(images, mask, train_images), labels),
+            0,
+            0.0,
+        ),
+        InpaintingScore(
+            "bottom half from the training digit with the nearest top half (no model)",
+            accuracy(classifier, nearest_neighbour_fill(images, mask, train_images), labels),
             0,
             0.0,
         ),

@@ -23,7 +23,13 @@ from support.tiny_models import tiny_ddpm, tiny_ncsn
 
 from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
 from hf_ddpm_ncsn.evaluation.feature_classifier import FeatureClassifier
-from hf_ddpm_ncsn.evaluation.inpainting import bottom_half_mask, format_inpainting_table, mean_fill, score_inpainting
+from hf_ddpm_ncsn.evaluation.inpainting import (
+    bottom_half_mask,
+    format_inpainting_table,
+    mean_fill,
+    nearest_neighbour_fill,
+    score_inpainting,
+)
 from hf_ddpm_ncsn.pipelines.inpainting import (
     KnownPixels,
     ddpm_inpainting_loop,
@@ -476,6 +482,14 @@ def test_inpainting_evaluation_pieces():
     assert mask[0, 0, :4].sum() == 0 and mask[0, 0, 4:].min() == 1
     filled = mean_fill(images, mask, train)
     assert torch.equal(filled[:, :, :4], images[:, :, :4]) and (filled[:, :, 4:] == 16).all()  # round(15.5) = 16
+    train = torch.cat([images.flip(0), images[:1] // 2])  # image i's top half is train image 2 - i's
+    train[:, :, 4:] = torch.arange(4, dtype=torch.uint8).reshape(4, 1, 1, 1)  # a bottom that names its row
+    nearest = nearest_neighbour_fill(images, mask, train)
+    assert torch.equal(nearest[:, :, :4], images[:, :, :4]) and nearest[:, 0, 4:, 0].tolist() == [
+        [2] * 4,
+        [1] * 4,
+        [0] * 4,
+    ]
 
     pipe = tiny_ddpm()
     torch.manual_seed(0)

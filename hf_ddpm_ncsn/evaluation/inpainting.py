@@ -44,6 +44,15 @@ def mean_fill(images: torch.Tensor, mask: torch.Tensor, train_images: torch.Tens
     return torch.where(mask.bool(), mean, images)
 
 
+def nearest_neighbour_fill(images: torch.Tensor, mask: torch.Tensor, train_images: torch.Tensor) -> torch.Tensor:
+    """uint8 `images` with the masked pixels copied from the training image nearest to each on the known pixels
+    (Euclidean): a reference for how much the known pixels say about the rest, without any model."""
+    known = ~mask.bool().expand_as(images[:1]).flatten()
+    queries, keys = images.flatten(1)[:, known].double(), train_images.flatten(1)[:, known].double()
+    nearest = torch.cdist(queries, keys).argmin(dim=1)
+    return torch.where(mask.bool(), train_images[nearest], images)
+
+
 def inpaint_uint8(
     pipe, images: torch.Tensor, mask: torch.Tensor, seed: int = 0, **call_kwargs: Any
 ) -> tuple[torch.Tensor, float]:
