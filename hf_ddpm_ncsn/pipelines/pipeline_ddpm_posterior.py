@@ -11,6 +11,7 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..sharing.folder_checks import pipeline_class_name
+from .inpainting import check_resampling, ddpm_inpainting_loop
 from .shareable_pipeline import ShareablePipeline
 
 
@@ -48,10 +49,16 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         num_inference_steps: int | None = None,
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+        image: Any = None,
+        mask_image: Any = None,
+        jump_length: int = 10,
+        jump_n_sample: int = 1,
     ) -> None:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`)."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self._known_pixels(image, mask_image, batch_size)
+        check_resampling(jump_length, jump_n_sample)
         self._check_timesteps(num_inference_steps=self._num_steps(num_inference_steps))
 
     @torch.no_grad()
@@ -64,8 +71,12 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+        image: Any = None,
+        mask_image: Any = None,
+        jump_length: int = 10,
+        jump_n_sample: int = 1,
     ) -> ImagePipelineOutput | tuple:
-        """Draw samples by ancestral sampling.
+        """Draw samples by ancestral sampling, or inpaint `image` where `mask_image` is white.
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
@@ -78,13 +89,49 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, tensors)` after each
                 step; may return `{"sample": ...}` to replace the sample.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
+            image (PIL image, NumPy array or tensor, *optional*): the image to inpaint, one for the batch or one per
+                sample: PIL ("L"/"RGB", converted to the UNet's channels), NumPy (H, W), (H, W, C) or (B, H, W, C)
+                uint8 in [0, 255] or float in [0, 1], torch (C, H, W) or (B, C, H, W) float in [-1, 1] or uint8.
+                Needs `mask_image`. Its known pixels come back exactly.
+            mask_image (PIL image, NumPy array or tensor, *optional*): white (1) = regenerate, black (0) = keep: a
+                PIL "L" (0/255) or "1" image, or an (H, W) / (B, 1, H, W) array of 0 and 1. The known pixels are
+                replaced by a draw of q(x_t | x_0) before the step at every timestep t.
+            jump_length (`int`, defaults to 10): RePaint's jump, used with `image`: steps to go back up the chain at
+                each resampling.
+            jump_n_sample (`int`, defaults to 1): RePaint's passes over each stretch of `jump_length` steps, used
+                with `image`; 1 is plain replacement, r costs about r times the network calls (see
+                `hf_ddpm_ncsn.pipelines.inpainting.resampling_schedule`).
         """
-        self.check_inputs(batch_size, generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            batch_size,
+            generator,
+            num_inference_steps,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            image,
+            mask_image,
+            jump_length,
+            jump_n_sample,
+        )
+        known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
         self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        images = self._to_output(sample, output_type)
+        if known is None:
+            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        else:
+            sample = ddpm_inpainting_loop(
+                self.model_output,
+                self.scheduler,
+                sample,
+                known,
+                generator,
+                jump_length,
+                jump_n_sample,
+                progress_bar=self.progress_bar,
+                callback=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
+            )
+        images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..schedulers.scheduling_ncsn import NCSNScheduler
+from .inpainting import ncsn_inpainting_loop
 from .shareable_pipeline import ShareablePipeline
 
 
@@ -39,10 +41,13 @@ class NCSNPipeline(ShareablePipeline):
         step_size: float | None = None,
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+        image: Any = None,
+        mask_image: Any = None,
     ) -> None:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`)."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self._known_pixels(image, mask_image, batch_size)
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
@@ -64,8 +69,10 @@ class NCSNPipeline(ShareablePipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+        image: Any = None,
+        mask_image: Any = None,
     ) -> ImagePipelineOutput | tuple:
-        """Draw samples by annealed Langevin dynamics.
+        """Draw samples by annealed Langevin dynamics, or inpaint `image` where `mask_image` is white.
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
@@ -80,6 +87,14 @@ class NCSNPipeline(ShareablePipeline):
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, tensors)` after each
                 step; may return `{"sample": ...}` to replace the sample.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
+            image (PIL image, NumPy array or tensor, *optional*): the image to inpaint, one for the batch or one per
+                sample: PIL ("L"/"RGB", converted to the UNet's channels), NumPy (H, W), (H, W, C) or (B, H, W, C)
+                uint8 in [0, 255] or float in [0, 1], torch (C, H, W) or (B, C, H, W) float in [-1, 1] or uint8.
+                Needs `mask_image`. Its known pixels come back exactly.
+            mask_image (PIL image, NumPy array or tensor, *optional*): white (1) = regenerate, black (0) = keep: a
+                PIL "L" (0/255) or "1" image, or an (H, W) / (B, 1, H, W) array of 0 and 1. The known pixels are
+                replaced by x_0 + sigma_t z, one z per noise level, before every Langevin step of that level (Song
+                & Ermon 2019, sec. 5; see `hf_ddpm_ncsn.pipelines.inpainting`).
         """
         self.check_inputs(
             batch_size,
@@ -89,11 +104,25 @@ class NCSNPipeline(ShareablePipeline):
             step_size,
             output_type,
             callback_on_step_end_tensor_inputs,
+            image,
+            mask_image,
         )
+        known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
         self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        images = self._to_output(sample, output_type)
+        if known is None:
+            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        else:
+            sample = ncsn_inpainting_loop(
+                self.model_output,
+                self.scheduler,
+                sample,
+                known,
+                generator,
+                progress_bar=self.progress_bar,
+                callback=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
+            )
+        images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

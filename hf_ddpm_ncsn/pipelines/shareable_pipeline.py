@@ -24,6 +24,7 @@ from ..sharing.diffusers_loading import finalize_saved_folder, folder_already_ch
 from ..sharing.folder_checks import check_pipeline_folder
 from ..sharing.hub import push_folder_to_hub
 from ..sharing.model_cards import render_model_card
+from .inpainting import KnownPixels, StepCallback, prepare_known_pixels
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # arguments of `from_pretrained` that matter for fetching a Hub repo before it is checked
@@ -280,6 +281,35 @@ class ShareablePipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs has {unknown}; accepted values: {self._callback_tensor_inputs}"
             )
 
+    def _known_pixels(self, image, mask_image, batch_size: int) -> KnownPixels | None:
+        """The inpainting inputs checked and shaped for the UNet (`inpainting.prepare_known_pixels`), or None."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return prepare_known_pixels(
+            image,
+            mask_image,
+            batch_size,
+            self.unet.config.in_channels,
+            height,
+            width,
+            device=self._execution_device,
+            dtype=self.unet.dtype,
+        )
+
+    def _step_callback(
+        self, callback_on_step_end: Callable | None, callback_on_step_end_tensor_inputs: list[str]
+    ) -> StepCallback | None:
+        """`callback_on_step_end` as the inpainting loops call it: (step index, timestep, sample) -> sample."""
+        if callback_on_step_end is None:
+            return None
+
+        def callback(i: int, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+            tensors = {"sample": sample}
+            outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+            return outputs.pop("sample", sample)
+
+        return callback
+
     def _check_timesteps(self, **set_timesteps_kwargs) -> None:
         """Lay out the chain on a copy of the scheduler: a bad step count fails here, before any sampling."""
         copy.deepcopy(self.scheduler).set_timesteps(**set_timesteps_kwargs)
@@ -384,9 +414,12 @@ class ShareablePipeline(DiffusionPipeline):
                 sample = outputs.pop("sample", sample)
         return sample
 
-    def _to_output(self, sample: torch.Tensor, output_type: str):
-        """Map samples in [-1, 1] to "pt" (B, C, H, W) or "np" (B, H, W, C) in [0, 1], or PIL images."""
+    def _to_output(self, sample: torch.Tensor, output_type: str, known: KnownPixels | None = None):
+        """Map samples in [-1, 1] to "pt" (B, C, H, W) or "np" (B, H, W, C) in [0, 1], or PIL images; the known
+        pixels of an inpainting are the input image's as given (no round trip through [-1, 1])."""
         images = (sample / 2 + 0.5).clamp(0, 1)
+        if known is not None:
+            images = known.paste(images, known.image_01.to(images.dtype))
         if output_type == "pt":
             return images
         array = images.cpu().permute(0, 2, 3, 1).float().numpy()
