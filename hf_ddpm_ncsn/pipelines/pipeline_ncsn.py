@@ -8,7 +8,11 @@ import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..schedulers.scheduling_ncsn import NCSNScheduler
+from .sampler_arguments import check_callback_supported, sampler_options
 from .shareable_pipeline import ShareablePipeline
+
+#: `sampler=` values: annealed Langevin dynamics (the scheduler's chain), predictor-corrector, probability-flow ODE.
+SAMPLERS = ("langevin", "pc", "ode")
 
 
 class NCSNPipeline(ShareablePipeline):
@@ -39,13 +43,34 @@ class NCSNPipeline(ShareablePipeline):
         step_size: float | None = None,
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
-    ) -> None:
+        sampler: str = "langevin",
+        snr: float | None = None,
+        num_corrector_steps: int | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
+        callback_on_step_end: Callable | None = None,
+    ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
-        arguments are those of `__call__`)."""
+        arguments are those of `__call__`); return the sampler's checked options."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        options = sampler_options(
+            sampler,
+            SAMPLERS,
+            num_langevin_steps=num_langevin_steps,
+            step_size=step_size,
+            snr=snr,
+            num_corrector_steps=num_corrector_steps,
+            ode_method=ode_method,
+            ode_rtol=ode_rtol,
+            ode_atol=ode_atol,
+        )
+        check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
+        self._check_ode_embedding(sampler)
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
+        return options
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The level index, or sigma for a `time_embedding_type="fourier"` UNet (`NCSNScheduler.model_timestep`), on
@@ -64,8 +89,14 @@ class NCSNPipeline(ShareablePipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
+        sampler: str = "langevin",
+        snr: float | None = None,
+        num_corrector_steps: int | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
     ) -> ImagePipelineOutput | tuple:
-        """Draw samples by annealed Langevin dynamics.
+        """Draw samples by annealed Langevin dynamics (default), predictor-corrector or the probability-flow ODE.
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
@@ -80,8 +111,21 @@ class NCSNPipeline(ShareablePipeline):
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, tensors)` after each
                 step; may return `{"sample": ...}` to replace the sample.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["sample"]`): tensors passed to it.
+            sampler (`str`, defaults to `"langevin"`): `"langevin"` (the scheduler's annealed Langevin chain),
+                `"pc"` (predictor-corrector: reverse-diffusion predictor between the levels, Langevin corrector;
+                `num_inference_steps * (num_corrector_steps + 1)` UNet calls) or `"ode"` (deterministic, the
+                probability-flow ODE from sigma_max to sigma_min, then Tweedie's denoise); see
+                `hf_ddpm_ncsn.sampling`.
+            snr (`float`, *optional*, defaults to 0.16): `"pc"` only: the corrector's signal-to-noise ratio.
+            num_corrector_steps (`int`, *optional*, defaults to 1): `"pc"` only: Langevin updates per level (0 to
+                1,000).
+            ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (Euler in sigma, one call
+                per level), `"euler"`, `"midpoint"`, `"rk4"` on the levels, or the adaptive `"dopri5"`, `"bosh3"`,
+                `"adaptive_heun"`.
+            ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
+                the adaptive `ode_method`'s tolerances.
         """
-        self.check_inputs(
+        options = self.check_inputs(
             batch_size,
             generator,
             num_inference_steps,
@@ -89,11 +133,25 @@ class NCSNPipeline(ShareablePipeline):
             step_size,
             output_type,
             callback_on_step_end_tensor_inputs,
+            sampler,
+            snr,
+            num_corrector_steps,
+            ode_method,
+            ode_rtol,
+            ode_atol,
+            callback_on_step_end,
         )
         device = self._execution_device
-        self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
-        sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if sampler == "langevin":
+            self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        else:
+            # the levels the default chain visits, each once: noisiest (sigma_max) first, sigma_min last
+            self.scheduler.set_timesteps(num_inference_steps, 1, device=device)
+            levels = self.scheduler.timesteps[: self.scheduler.num_inference_steps].tolist()
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            sample = self._run_sampler(sampler, options, levels, sample, generator)
         images = self._to_output(sample, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
