@@ -12,8 +12,10 @@ Predictor-corrector (Song et al. 2021, Alg. 2 for VE, Alg. 3 for VP). At each le
 - after the last level, Tweedie's denoise (x + sigma_t^2 s) / alpha_t instead of a predictor (Song et al.'s
   noise removal).
 
-The step sizes use each sample's own norms (Song et al.'s code averages them over the batch), so a sample does not
-depend on the others in its batch.
+As in Song et al.'s code, ||z|| and ||s|| are each sample's norms averaged over the batch: one step for the batch.
+A step from each sample's own norms is biased at small D, because it is then correlated with the sample (1 /
+||x||^2): with the exact score of Gaussian data in D = 64 dimensions it inflates the output variance by 5-9%,
+against 0.3-2% for the batch's step (tests/test_sampling.py). A sample's step therefore depends on its batch.
 
 Annealed Langevin dynamics (Song & Ermon 2019): at each level `num_steps` updates x <- x + (eta / 2) s + sqrt(eta)
 z with eta = step_size sigma_t^2 / sigma_min^2 (sigma_min: the last level's), then the same Tweedie denoise; with
@@ -40,9 +42,9 @@ def _noise(x: torch.Tensor, generator: Generator) -> torch.Tensor:
     return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
-    """||x|| of each sample, shaped (B, 1, ..., 1) to broadcast against x."""
-    return x.reshape(len(x), -1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+def _mean_norm(x: torch.Tensor) -> float:
+    """The samples' norms ||x_i||, averaged over the batch."""
+    return x.reshape(len(x), -1).norm(dim=1).mean().item()
 
 
 def tweedie_denoise(process: NoiseProcess, x: torch.Tensor, t: int, score: torch.Tensor) -> torch.Tensor:
@@ -57,10 +59,10 @@ def langevin_corrector_step(
     alpha_prev = process.alphas[t - 1] if t > 0 else 1.0
     one_minus_beta = float(process.alphas[t] / alpha_prev) ** 2
     z = _noise(x, generator)
-    # a zero score (a sample exactly at the mode) would divide by zero: its step is then the largest finite one
-    ratio = _per_sample_norm(z) / _per_sample_norm(score).clamp_min(torch.finfo(x.dtype).tiny)
+    # a zero score (every sample exactly at the mode) would divide by zero: the step is then the largest finite one
+    ratio = _mean_norm(z) / max(_mean_norm(score), torch.finfo(x.dtype).tiny)
     step = 2.0 * one_minus_beta * (snr * ratio) ** 2
-    return x + step * score + (2.0 * step).sqrt() * z
+    return x.add(score, alpha=step).add_(z, alpha=math.sqrt(2.0 * step))
 
 
 def reverse_diffusion_predictor_step(
