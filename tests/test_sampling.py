@@ -192,6 +192,24 @@ def test_annealed_langevin_of_an_eps_model_reaches_the_fixed_step_stationary_var
     _assert_second_moment(out, _denoise_gain(process, 20) ** 2 * v / (1 - step_size / (4 * v)))
 
 
+def test_annealed_langevin_follows_the_exact_variance_recursion():
+    """Three updates per level, far from equilibrium: each is linear, Var' = (1 - eta_t / (2 v_t))^2 Var + eta_t,
+    with eta_t = step_size sigma_t^2 / sigma_min^2, so the output variance is known exactly; eta growing as sigma_t
+    instead of sigma_t^2, or a level read off by one, misses it."""
+    process = _vp()
+    levels, num_steps, step_size = [99, 50, 20], 3, 0.01
+    x, generator = _prior(process, 99)
+    out = annealed_langevin_sample(
+        _exact_score(process), process, x, levels, num_steps=num_steps, step_size=step_size, generator=generator
+    )
+    var, sigma_min = _variance(process, 99), process.marginal(20)[1]
+    for t in levels:
+        eta = step_size * (process.marginal(t)[1] / sigma_min) ** 2
+        for _ in range(num_steps):
+            var = (1 - eta / (2 * _variance(process, t))) ** 2 * var + eta
+    _assert_second_moment(out, _denoise_gain(process, 20) ** 2 * var)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
 def _ddpm(**kwargs):
