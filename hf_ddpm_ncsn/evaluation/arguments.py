@@ -79,7 +79,8 @@ class EvaluationArguments:
     ode_rtol: float = _arg(1e-5, "Relative tolerance of the ODE solver (dopri5).")
     ode_atol: float = _arg(1e-5, "Absolute tolerance of the ODE solver (dopri5).")
     num_langevin_steps: int | None = _arg(
-        None, "NCSN only: Langevin updates per noise level (default: the scheduler's)."
+        None,
+        "Langevin updates per noise level: NCSN's chain (default: the scheduler's), or DDPM with --sampler langevin.",
     )
     sampler: str | None = _arg(
         None,
