@@ -417,14 +417,16 @@ def test_a_hub_repo_id_is_downloaded_and_evaluated(hub_cache: Path, tmp_path: Pa
 
 
 def test_unknown_sampling_arguments_are_refused():
-    with pytest.raises(ValueError, match="does not take \\['num_langevin_steps'\\]"):
-        generate_samples(tiny_ddpm(num_train_timesteps=4), 2, 2, num_langevin_steps=3)
+    with pytest.raises(ValueError, match="does not take \\['num_langevn_steps'\\]"):
+        generate_samples(tiny_ddpm(num_train_timesteps=4), 2, 2, num_langevn_steps=3)
 
 
 @pytest.mark.parametrize(
     "make, sample_kwargs, match",
     [
-        (tiny_ddpm, {"num_langevin_steps": 3}, "does not take \\['num_langevin_steps'\\]"),
+        (tiny_ddpm, {"num_langevn_steps": 3}, "does not take \\['num_langevn_steps'\\]"),
+        (tiny_ddpm, {"num_langevin_steps": 3}, "num_langevin_steps=3 applies to sampler='langevin', not to"),
+        (tiny_ncsn, {"sampler": "pc", "snr": 0}, "snr must be a finite number"),
         (tiny_ddpm, {"num_inference_steps": 50}, "cannot exceed num_train_timesteps=20"),
         (tiny_ncsn, {"num_inference_steps": 9}, "cannot exceed the 4 trained noise levels"),
         (tiny_ncsn, {"num_langevin_steps": 0}, "num_langevin_steps must be an integer >= 1"),

@@ -414,6 +414,7 @@ BAD_INPUTS = {
     "image batch": ({"image": torch.zeros(3, 1, 8, 8)}, "image holds 3 images but batch_size=2"),
     "mask batch": ({"mask_image": torch.zeros(3, 1, 8, 8)}, "mask_image holds 3 images but batch_size=2"),
     "image of another type": ({"image": "digit.png"}, "image must be a PIL image"),
+    "another sampler": ({"sampler": "ode"}, r"image= \(inpainting\) works with sampler='(langevin|ancestral)'"),
     "PIL images of two sizes": (
         {"image": [PIL.Image.new("L", (8, 8)), PIL.Image.new("L", (4, 4))]},
         "image is a list of PIL images of different sizes",

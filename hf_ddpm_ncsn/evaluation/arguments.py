@@ -79,8 +79,17 @@ class EvaluationArguments:
     ode_rtol: float = _arg(1e-5, "Relative tolerance of the ODE solver (dopri5).")
     ode_atol: float = _arg(1e-5, "Absolute tolerance of the ODE solver (dopri5).")
     num_langevin_steps: int | None = _arg(
-        None, "NCSN only: Langevin updates per noise level (default: the scheduler's)."
+        None,
+        "Langevin updates per noise level: NCSN's chain (default: the scheduler's), or DDPM with --sampler langevin.",
     )
+    sampler: str | None = _arg(
+        None,
+        "The pipeline's sampler: NCSN langevin|pc|ode, DDPM ancestral|pc|langevin|ode (default: langevin / "
+        "ancestral).",
+    )
+    snr: float | None = _arg(None, "sampler pc only: the corrector's signal-to-noise ratio (default 0.16).")
+    num_corrector_steps: int | None = _arg(None, "sampler pc only: Langevin corrector updates per level (default 1).")
+    ode_method: str | None = _arg(None, "sampler ode only: ddim|euler|midpoint|rk4|dopri5|bosh3|adaptive_heun.")
 
     def __post_init__(self) -> None:
         # in the order of the old argparse checks: the pipeline is named first when several values are wrong
@@ -102,9 +111,16 @@ class EvaluationArguments:
                 "feature-extractor file)"
             )
 
-    def sample_kwargs(self) -> dict[str, int]:
+    def sample_kwargs(self) -> dict[str, int | float | str]:
         """The sampling arguments given on the command line (the others keep the pipeline's defaults)."""
-        sampling = {"num_inference_steps": self.num_inference_steps, "num_langevin_steps": self.num_langevin_steps}
+        sampling = {
+            "num_inference_steps": self.num_inference_steps,
+            "num_langevin_steps": self.num_langevin_steps,
+            "sampler": self.sampler,
+            "snr": self.snr,
+            "num_corrector_steps": self.num_corrector_steps,
+            "ode_method": self.ode_method,
+        }
         return {name: value for name, value in sampling.items() if value is not None}
 
     def evaluate_kwargs(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from diffusers.utils import BaseOutput
 from torchdiffeq import odeint
 
 from ..images import BIN_HALF_WIDTH, is_on_8bit_grid
+from ..schedulers.noise_process import NoiseProcess
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.scheduling_ncsn import NCSNScheduler
 from ..schedulers.validation import check_bool, check_choice, check_positive_float, check_positive_int
@@ -145,6 +146,13 @@ def _hutchinson_divergence(
     return score.detach(), torch.stack(estimates, dim=1)
 
 
+def probability_flow_drift(process: NoiseProcess, t: float, x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """dx/dt = f(t) x - g(t)^2 / 2 * s(x, t), the probability-flow ODE of `process` at real time t given the score
+    there: the one drift both the likelihood and the deterministic sampler (`hf_ddpm_ncsn.sampling`) integrate."""
+    f, g2 = process.sde_coefficients(t)
+    return f * x - 0.5 * g2 * score
+
+
 class _ProbabilityFlow:
     """The right-hand side of the ODE on the state (x, int div dt), counting its evaluations."""
 
@@ -180,7 +188,7 @@ class _ProbabilityFlow:
                 score, divergence = _exact_divergence(score_fn, x)
             else:
                 score, divergence = _hutchinson_divergence(score_fn, x, self.probes)
-        drift = f * x - 0.5 * g2 * score
+        drift = probability_flow_drift(self.scheduler.noise_process, t, x, score)
         return drift, (x[0].numel() * f - 0.5 * g2 * divergence.detach()).to(x.dtype)
 
 

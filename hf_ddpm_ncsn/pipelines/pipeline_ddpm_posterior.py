@@ -10,9 +10,18 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
+from ..schedulers.validation import check_positive_float, check_positive_int
 from ..sharing.folder_checks import pipeline_class_name
 from .inpainting import check_resampling, ddpm_inpainting_loop
+from .sampler_arguments import MAX_LANGEVIN_STEPS, check_callback_supported, check_inpainting_sampler, sampler_options
 from .shareable_pipeline import ShareablePipeline
+
+#: `sampler=` values: ancestral sampling (the scheduler's chain), predictor-corrector ("DDPM + Langevin
+#: corrector"), annealed Langevin dynamics of the eps model (s = -eps / sigma_t), the probability-flow ODE.
+SAMPLERS = ("ancestral", "pc", "langevin", "ode")
+#: `sampler="langevin"`'s defaults: one update per timestep, NCSNScheduler's step size.
+DEFAULT_LANGEVIN_STEPS = 1
+DEFAULT_LANGEVIN_STEP_SIZE = 4e-5
 
 
 class DDPMPosteriorPipeline(ShareablePipeline):
@@ -53,13 +62,42 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         mask_image: Any = None,
         jump_length: int = 10,
         jump_n_sample: int = 1,
-    ) -> None:
+        sampler: str = "ancestral",
+        snr: float | None = None,
+        num_corrector_steps: int | None = None,
+        num_langevin_steps: int | None = None,
+        step_size: float | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
+        callback_on_step_end: Callable | None = None,
+    ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
-        arguments are those of `__call__`)."""
+        arguments are those of `__call__`); return the sampler's checked options."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
         check_resampling(jump_length, jump_n_sample)
+        check_inpainting_sampler(image, sampler, SAMPLERS[0])
+        options = sampler_options(
+            sampler,
+            SAMPLERS,
+            snr=snr,
+            num_corrector_steps=num_corrector_steps,
+            num_langevin_steps=num_langevin_steps,
+            step_size=step_size,
+            ode_method=ode_method,
+            ode_rtol=ode_rtol,
+            ode_atol=ode_atol,
+        )
+        if sampler == "langevin":
+            steps = DEFAULT_LANGEVIN_STEPS if num_langevin_steps is None else num_langevin_steps
+            options["num_langevin_steps"] = check_positive_int("num_langevin_steps", steps, 1, MAX_LANGEVIN_STEPS)
+            step_size = DEFAULT_LANGEVIN_STEP_SIZE if step_size is None else step_size
+            options["step_size"] = check_positive_float("step_size", step_size)
+        check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
+        self._check_ode_embedding(sampler)
         self._check_timesteps(num_inference_steps=self._num_steps(num_inference_steps))
+        return options
 
     @torch.no_grad()
     def __call__(
@@ -75,8 +113,17 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         mask_image: Any = None,
         jump_length: int = 10,
         jump_n_sample: int = 1,
+        sampler: str = "ancestral",
+        snr: float | None = None,
+        num_corrector_steps: int | None = None,
+        num_langevin_steps: int | None = None,
+        step_size: float | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
     ) -> ImagePipelineOutput | tuple:
-        """Draw samples by ancestral sampling, or inpaint `image` where `mask_image` is white.
+        """Draw samples by ancestral sampling (default), predictor-corrector, annealed Langevin dynamics or the
+        probability-flow ODE, or inpaint `image` where `mask_image` is white (ancestral sampling).
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
@@ -101,8 +148,23 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             jump_n_sample (`int`, defaults to 1): RePaint's passes over each stretch of `jump_length` steps, used
                 with `image`; 1 is plain replacement, r costs about r times the network calls (see
                 `hf_ddpm_ncsn.pipelines.inpainting.resampling_schedule`).
+            sampler (`str`, defaults to `"ancestral"`): `"ancestral"` (the scheduler's chain), `"pc"`
+                (predictor-corrector: reverse-diffusion predictor, Langevin corrector), `"langevin"` (annealed
+                Langevin dynamics with the score -eps / sigma_t) or `"ode"` (deterministic, the probability-flow
+                ODE, then Tweedie's denoise); all visit the timesteps `num_inference_steps` lays out. See
+                `hf_ddpm_ncsn.sampling`.
+            snr (`float`, *optional*, defaults to 0.16): `"pc"` only: the corrector's signal-to-noise ratio.
+            num_corrector_steps (`int`, *optional*, defaults to 1): `"pc"` only: Langevin updates per timestep.
+            num_langevin_steps (`int`, *optional*, defaults to 1): `"langevin"` only: updates per timestep.
+            step_size (`float`, *optional*, defaults to 4e-5): `"langevin"` only: eps of eta_t = eps sigma_t^2 /
+                sigma_min^2 (sigma_min: the last timestep's).
+            ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (DDIM with eta = 0,
+                one call per timestep), `"euler"`, `"midpoint"`, `"rk4"` on the timesteps, or the adaptive
+                `"dopri5"`, `"bosh3"`, `"adaptive_heun"` between the first and the last.
+            ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
+                the adaptive `ode_method`'s tolerances.
         """
-        self.check_inputs(
+        options = self.check_inputs(
             batch_size,
             generator,
             num_inference_steps,
@@ -112,14 +174,21 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             mask_image,
             jump_length,
             jump_n_sample,
+            sampler,
+            snr,
+            num_corrector_steps,
+            num_langevin_steps,
+            step_size,
+            ode_method,
+            ode_rtol,
+            ode_atol,
+            callback_on_step_end,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
         self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        if known is None:
-            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        else:
+        if known is not None:
             sample = ddpm_inpainting_loop(
                 self.model_output,
                 self.scheduler,
@@ -131,6 +200,10 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 progress_bar=self.progress_bar,
                 callback=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
             )
+        elif sampler == "ancestral":
+            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        else:
+            sample = self._run_sampler(sampler, options, self.scheduler.timesteps.tolist(), sample, generator)
         images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -10,7 +10,11 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..schedulers.scheduling_ncsn import NCSNScheduler
 from .inpainting import ncsn_inpainting_loop
+from .sampler_arguments import check_callback_supported, check_inpainting_sampler, sampler_options
 from .shareable_pipeline import ShareablePipeline
+
+#: `sampler=` values: annealed Langevin dynamics (the scheduler's chain), predictor-corrector, probability-flow ODE.
+SAMPLERS = ("langevin", "pc", "ode")
 
 
 class NCSNPipeline(ShareablePipeline):
@@ -43,14 +47,36 @@ class NCSNPipeline(ShareablePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
         image: Any = None,
         mask_image: Any = None,
-    ) -> None:
+        sampler: str = "langevin",
+        snr: float | None = None,
+        num_corrector_steps: int | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
+        callback_on_step_end: Callable | None = None,
+    ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
-        arguments are those of `__call__`)."""
+        arguments are those of `__call__`); return the sampler's checked options."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
+        check_inpainting_sampler(image, sampler, SAMPLERS[0])
+        options = sampler_options(
+            sampler,
+            SAMPLERS,
+            num_langevin_steps=num_langevin_steps,
+            step_size=step_size,
+            snr=snr,
+            num_corrector_steps=num_corrector_steps,
+            ode_method=ode_method,
+            ode_rtol=ode_rtol,
+            ode_atol=ode_atol,
+        )
+        check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
+        self._check_ode_embedding(sampler)
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
+        return options
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The level index, or sigma for a `time_embedding_type="fourier"` UNet (`NCSNScheduler.model_timestep`), on
@@ -71,8 +97,15 @@ class NCSNPipeline(ShareablePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
         image: Any = None,
         mask_image: Any = None,
+        sampler: str = "langevin",
+        snr: float | None = None,
+        num_corrector_steps: int | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
     ) -> ImagePipelineOutput | tuple:
-        """Draw samples by annealed Langevin dynamics, or inpaint `image` where `mask_image` is white.
+        """Draw samples by annealed Langevin dynamics (default), predictor-corrector or the probability-flow ODE, or
+        inpaint `image` where `mask_image` is white (annealed Langevin).
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
@@ -95,8 +128,21 @@ class NCSNPipeline(ShareablePipeline):
                 PIL "L" (0/255) or "1" image, or an (H, W) / (B, 1, H, W) array of 0 and 1. The known pixels are
                 replaced by x_0 + sigma_t z, one z per noise level, before every Langevin step of that level (Song
                 & Ermon 2019, sec. 5; see `hf_ddpm_ncsn.pipelines.inpainting`).
+            sampler (`str`, defaults to `"langevin"`): `"langevin"` (the scheduler's annealed Langevin chain),
+                `"pc"` (predictor-corrector: reverse-diffusion predictor between the levels, Langevin corrector;
+                `num_inference_steps * (num_corrector_steps + 1)` UNet calls) or `"ode"` (deterministic, the
+                probability-flow ODE from sigma_max to sigma_min, then Tweedie's denoise); see
+                `hf_ddpm_ncsn.sampling`.
+            snr (`float`, *optional*, defaults to 0.16): `"pc"` only: the corrector's signal-to-noise ratio.
+            num_corrector_steps (`int`, *optional*, defaults to 1): `"pc"` only: Langevin updates per level (0 to
+                1,000).
+            ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (Euler in sigma, one call
+                per level), `"euler"`, `"midpoint"`, `"rk4"` on the levels, or the adaptive `"dopri5"`, `"bosh3"`,
+                `"adaptive_heun"`.
+            ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
+                the adaptive `ode_method`'s tolerances.
         """
-        self.check_inputs(
+        options = self.check_inputs(
             batch_size,
             generator,
             num_inference_steps,
@@ -106,14 +152,19 @@ class NCSNPipeline(ShareablePipeline):
             callback_on_step_end_tensor_inputs,
             image,
             mask_image,
+            sampler,
+            snr,
+            num_corrector_steps,
+            ode_method,
+            ode_rtol,
+            ode_atol,
+            callback_on_step_end,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
-        self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
-        sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-        if known is None:
-            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        else:
+        if known is not None:
+            self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
             sample = ncsn_inpainting_loop(
                 self.model_output,
                 self.scheduler,
@@ -123,6 +174,16 @@ class NCSNPipeline(ShareablePipeline):
                 progress_bar=self.progress_bar,
                 callback=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
             )
+        elif sampler == "langevin":
+            self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        else:
+            # the levels the default chain visits, each once: noisiest (sigma_max) first, sigma_min last
+            self.scheduler.set_timesteps(num_inference_steps, 1, device=device)
+            levels = self.scheduler.timesteps[: self.scheduler.num_inference_steps].tolist()
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            sample = self._run_sampler(sampler, options, levels, sample, generator)
         images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from ..images import is_on_8bit_grid, uint8_to_model
 from ..likelihood.probability_flow import ODELikelihoodOutput, ode_bpd
 from ..plots import image_grid
 from ..progress import tqdm_kwargs
+from ..sampling import annealed_langevin_sample, ode_sample, predictor_corrector_sample
+from ..sampling.probability_flow import time_progress
 from ..schedulers.validation import check_choice, check_positive_int
 from ..sharing.atomic import atomic_directory, atomic_write_text
 from ..sharing.diffusers_loading import finalize_saved_folder, folder_already_checked
@@ -324,6 +327,66 @@ class ShareablePipeline(DiffusionPipeline):
         """The UNet's output at (sample, scheduler timestep index): what the scheduler's `step`, the likelihoods
         and the losses take. The timestep is passed as the UNet expects it (`_unet_timestep`)."""
         return self.unet(sample, self._unet_timestep(timestep)).sample
+
+    def model_score(self, sample: torch.Tensor, t: int | float) -> torch.Tensor:
+        """The score grad log q_t(sample) the UNet implies at scheduler time t (an int level, or a float time of
+        the continuous extension), one t for the whole batch: what `hf_ddpm_ncsn.sampling` takes."""
+        timestep = self.scheduler.model_timestep(t, self.unet.config.time_embedding_type).to(sample.device)
+        output = self.unet(sample, timestep.expand(len(sample))).sample
+        return self.scheduler.score_from_model_output(output, t, sample)
+
+    def _run_sampler(
+        self, sampler: str, options: dict[str, Any], levels: list[int], sample: torch.Tensor, generator
+    ) -> torch.Tensor:
+        """Draw samples with one of `hf_ddpm_ncsn.sampling`'s samplers from `sample` at levels[0] down `levels`."""
+        process = self.scheduler.noise_process
+        if sampler == "pc":
+            return predictor_corrector_sample(
+                self.model_score,
+                process,
+                sample,
+                levels,
+                snr=options["snr"],
+                num_corrector_steps=options["num_corrector_steps"],
+                generator=generator,
+                progress=self.progress_bar,
+            )
+        if sampler == "langevin":
+            return annealed_langevin_sample(
+                self.model_score,
+                process,
+                sample,
+                levels,
+                num_steps=options["num_langevin_steps"],
+                step_size=options["step_size"],
+                generator=generator,
+                progress=self.progress_bar,
+            )
+        times = [float(t) for t in levels]
+        bar = self.progress_bar(total=math.floor(times[0] - times[-1]))
+        on_time = time_progress(bar, times[0], times[-1])
+        try:
+            sample, _ = ode_sample(
+                self.model_score,
+                process,
+                sample,
+                times,
+                method=options["ode_method"],
+                rtol=options["ode_rtol"],
+                atol=options["ode_atol"],
+                on_time=on_time,
+            )
+            on_time(times[-1])  # a fixed-step method's last evaluation is before the end
+        finally:
+            bar.close()
+        return sample
+
+    def _check_ode_embedding(self, sampler: str) -> None:
+        if sampler == "ode" and self.unet.config.time_embedding_type == "learned":
+            raise ValueError(
+                "sampler='ode' evaluates the UNet between its trained timesteps; its time_embedding_type='learned' "
+                "is a table with no value there: use sampler='pc' or the default sampler"
+            )
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The UNet's timestep input at a scheduler timestep index (the index itself by default)."""

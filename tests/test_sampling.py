@@ -1,0 +1,380 @@
+"""The samplers of `hf_ddpm_ncsn.sampling` and the pipelines' `sampler=` argument.
+
+The mathematical checks use Gaussian data N(0, s^2 I), whose noised marginal q_t = N(0, v_t I) with
+v_t = alpha_t^2 s^2 + sigma_t^2 has the exact score -x / v_t (eps = sigma_t x / v_t). There
+
+- the probability-flow ODE is linear, dx/dt = (v_t' / 2 v_t) x, so it maps x at t to x sqrt(v_t' / v_t) at t';
+- Tweedie's denoise multiplies by alpha_t s^2 / v_t;
+- the reverse-diffusion predictor is linear, so the predictor-only sampler's output variance follows an exact
+  recursion;
+- a Langevin chain with the snr rule e = 2 a (r ||z|| / ||s||)^2 (norms averaged over a large batch) has the
+  stationary variance v (1 + a r^2): e is then 2 a r^2 v^2 / Var, and Var = (1 - e / v)^2 Var + 2 e solves to it;
+  with a fixed step eta (annealed Langevin) it is v / (1 - eta / (4 v)).
+
+Moment checks compare mean(x^2) over N samples of D pixels with such a target: for Gaussian samples its relative
+standard error is sqrt(2 / (N D)), and each test allows 4 of them (a 6e-5 two-sided chance of a false failure,
+fixed by the seed).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from support.tiny_models import tiny_ddpm, tiny_ncsn
+
+from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNScheduler
+from hf_ddpm_ncsn.evaluation.arguments import parse_evaluation_arguments
+from hf_ddpm_ncsn.sampling import (
+    annealed_langevin_sample,
+    ode_encode,
+    ode_sample,
+    predictor_corrector_sample,
+    solve_probability_flow,
+)
+
+S2 = 0.25  # data variance s^2
+N, SHAPE = 2000, (1, 8, 8)  # samples and image shape of the moment checks: N D = 128,000
+REL_TOLERANCE = 4 * math.sqrt(2 / (N * math.prod(SHAPE)))  # 1.6%
+
+
+def _ve():
+    return NCSNScheduler(num_train_timesteps=20, sigma_min=0.01, sigma_max=2.0).noise_process
+
+
+def _vp():
+    return DDPMPosteriorScheduler(num_train_timesteps=100).noise_process
+
+
+def _variance(process, t) -> float:
+    alpha, sigma = process.marginal(t)
+    return alpha**2 * S2 + sigma**2
+
+
+def _exact_score(process):
+    """The exact score of the noised Gaussian, through an eps prediction (as a DDPM eps model gives it)."""
+
+    def score(x, t):
+        eps = x * (process.marginal(t)[1] / _variance(process, t))
+        return process.to_score(eps, "epsilon", x, t)
+
+    return score
+
+
+def _prior(process, t, seed: int = 0) -> tuple[torch.Tensor, torch.Generator]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, *SHAPE, generator=generator, dtype=torch.float64) * math.sqrt(_variance(process, t))
+    return x, generator
+
+
+def _denoise_gain(process, t) -> float:
+    return process.marginal(t)[0] * S2 / _variance(process, t)
+
+
+def _assert_second_moment(x: torch.Tensor, target: float, slack: float = 0.0) -> None:
+    error = x.pow(2).mean().item() / target - 1
+    assert abs(error) < REL_TOLERANCE + slack, f"mean(x^2) off by {error:.4f} of {target:.5f}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Probability-flow ODE: a known linear map (a wrong drift sign, g vs g^2, or a wrong time grid breaks it)
+@pytest.mark.parametrize("family", ["ve", "vp"])
+@pytest.mark.parametrize(("method", "tolerance"), [("rk4", 2e-4), ("dopri5", 1e-5)])
+def test_ode_maps_the_prior_by_the_exact_linear_scaling(family, method, tolerance):
+    process = _ve() if family == "ve" else _vp()
+    t_end = process.num_levels - 1
+    times = np.linspace(t_end, 0, 20 if family == "ve" else 26)  # integer levels (VE), fractional times (VP)
+    x_T = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    options = {"rtol": 1e-8, "atol": 1e-8} if method == "dopri5" else {}
+    x_0, nfe = solve_probability_flow(_exact_score(process), process, x_T, times, method=method, **options)
+    scale = math.sqrt(_variance(process, 0) / _variance(process, t_end))
+    torch.testing.assert_close(x_0, x_T * scale, rtol=tolerance, atol=tolerance * scale)
+    assert nfe == 4 * (len(times) - 1) if method == "rk4" else nfe > 0
+
+    sample, sample_nfe = ode_sample(_exact_score(process), process, x_T, times, method=method, **options)
+    gain = _denoise_gain(process, 0)
+    torch.testing.assert_close(sample, x_T * scale * gain, rtol=tolerance, atol=tolerance * scale)
+    assert sample_nfe == nfe + 1  # the denoise
+
+
+@pytest.mark.parametrize("method", ["euler", "ddim"])
+def test_first_order_steps_converge_at_first_order(method):
+    """The Euler step and the DDIM step (exact for a constant eps) are first order: doubling the steps halves the
+    error of the map (measured ratio 0.5-0.6 on this VE grid); a step that used the wrong time would not converge."""
+    process = _ve()
+    x_T = torch.ones(1, *SHAPE, dtype=torch.float64)
+    scale = math.sqrt(_variance(process, 0) / _variance(process, 19))
+    errors = []
+    for steps in (38, 76, 152):
+        x_0, _ = solve_probability_flow(
+            _exact_score(process), process, x_T, np.linspace(19, 0, steps + 1), method=method
+        )
+        errors.append(abs(x_0.mean().item() / scale - 1))
+    assert 0.4 < errors[1] / errors[0] < 0.65 and 0.4 < errors[2] / errors[1] < 0.65, errors
+
+
+@pytest.mark.parametrize("family", ["ve", "vp"])
+def test_ode_encode_is_the_inverse_of_the_solve(family):
+    process = _ve() if family == "ve" else _vp()
+    times = np.linspace(process.num_levels - 1, 0, 10)
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_T, _ = ode_encode(_exact_score(process), process, x, times, method="rk4")
+    scale = math.sqrt(_variance(process, process.num_levels - 1) / _variance(process, 0))
+    torch.testing.assert_close(x_T, x * scale, rtol=2e-4, atol=2e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictor-corrector: exact recursions of the Gaussian case
+def test_predictor_alone_follows_the_exact_variance_recursion():
+    """Reverse diffusion x' = (2 - k) x + b^2 s + b z with s = -x / v_t: Var' = c^2 Var + b^2, c = 2 - k - b^2 / v_t.
+    A coarse VE grid (20 levels up to sigma = 2) keeps its own bias large (about +30% at the end), so a predictor
+    reading the wrong level, b instead of b^2, or no noise fails here."""
+    for process in (_ve(), _vp()):
+        levels = list(range(process.num_levels - 1, -1, -1))
+        x, generator = _prior(process, levels[0])
+        out = predictor_corrector_sample(
+            _exact_score(process), process, x, levels, snr=0.16, num_corrector_steps=0, generator=generator
+        )
+        var = _variance(process, levels[0])
+        for t, t_next in zip(levels[:-1], levels[1:], strict=True):
+            (alpha, sigma), (alpha_next, sigma_next) = process.marginal(t), process.marginal(t_next)
+            k = alpha / alpha_next
+            b2 = sigma**2 - k**2 * sigma_next**2
+            var = (2 - k - b2 / _variance(process, t)) ** 2 * var + b2
+        _assert_second_moment(out, _denoise_gain(process, 0) ** 2 * var)
+
+
+@pytest.mark.parametrize("family", ["ve", "vp"])
+def test_corrector_reaches_the_snr_rules_stationary_variance(family):
+    """At one level, from twice the right variance, 300 corrector steps settle at v (1 + a r^2) (see the module
+    docstring; a = 1 - beta_t; measured 0.5% off, the batch's norms fluctuating). Catches the step's norm ratio
+    unsquared, sqrt(e) for sqrt(2 e), per-sample norms (7% off at D = 64) and a wrong sign of the score."""
+    process = _ve() if family == "ve" else _vp()
+    level, snr = 5, 0.3
+    v = _variance(process, level)
+    x = torch.randn(N, *SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * math.sqrt(2 * v)
+    out = predictor_corrector_sample(
+        _exact_score(process), process, x, [level], snr=snr, num_corrector_steps=300, generator=torch.Generator()
+    )
+    one_minus_beta = (process.alphas[level] / process.alphas[level - 1]) ** 2
+    _assert_second_moment(out, _denoise_gain(process, level) ** 2 * v * (1 + one_minus_beta * snr**2), slack=1e-3)
+
+
+def test_pc_samples_match_the_data_variance():
+    """The whole sampler on the main job's VP grid (T = 250, "DDPM + Langevin corrector"): the output variance is
+    s^2 up to the corrector's own bias a r^2 = 0.25% and the grid's, inside the slack of 1%."""
+    process = DDPMPosteriorScheduler(num_train_timesteps=250, beta_start=4e-4, beta_end=0.08).noise_process
+    levels = list(range(249, -1, -1))
+    x, generator = _prior(process, 249)
+    out = predictor_corrector_sample(
+        _exact_score(process), process, x, levels, snr=0.05, num_corrector_steps=1, generator=generator
+    )
+    _assert_second_moment(out, S2, slack=0.01)
+    assert abs(out.mean().item()) < 4 * math.sqrt(S2 / out.numel())
+
+
+def test_annealed_langevin_of_an_eps_model_reaches_the_fixed_step_stationary_variance():
+    """Annealed Langevin of a VP (DDPM) eps model, s = -eps / sigma_t: after an anneal over three levels, 300
+    steps at the last (eta = step_size there, contraction 0.98 a step) settle at v / (1 - eta / (4 v)); a chain
+    reading sigma for sigma^2 in eta, or the score without its 1 / sigma_t, misses it (or diverges)."""
+    process = _vp()
+    levels = [99, 50, 20]
+    x, generator = _prior(process, 99)
+    step_size = 0.01  # stable at every level: eta_t / (2 v_t) < 2
+    out = annealed_langevin_sample(
+        _exact_score(process), process, x, levels, num_steps=300, step_size=step_size, generator=generator
+    )
+    v = _variance(process, 20)
+    _assert_second_moment(out, _denoise_gain(process, 20) ** 2 * v / (1 - step_size / (4 * v)))
+
+
+def test_annealed_langevin_follows_the_exact_variance_recursion():
+    """Three updates per level, far from equilibrium: each is linear, Var' = (1 - eta_t / (2 v_t))^2 Var + eta_t,
+    with eta_t = step_size sigma_t^2 / sigma_min^2, so the output variance is known exactly; eta growing as sigma_t
+    instead of sigma_t^2, or a level read off by one, misses it."""
+    process = _vp()
+    levels, num_steps, step_size = [99, 50, 20], 3, 0.01
+    x, generator = _prior(process, 99)
+    out = annealed_langevin_sample(
+        _exact_score(process), process, x, levels, num_steps=num_steps, step_size=step_size, generator=generator
+    )
+    var, sigma_min = _variance(process, 99), process.marginal(20)[1]
+    for t in levels:
+        eta = step_size * (process.marginal(t)[1] / sigma_min) ** 2
+        for _ in range(num_steps):
+            var = (1 - eta / (2 * _variance(process, t))) ** 2 * var + eta
+    _assert_second_moment(out, _denoise_gain(process, 20) ** 2 * var)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pipelines
+def _ddpm(**kwargs):
+    return tiny_ddpm(clip_sample=False, **kwargs)
+
+
+def test_ode_ddim_equals_diffusers_ddim_with_eta_zero():
+    pipe = _ddpm()
+    generator = torch.Generator().manual_seed(0)
+    ours = pipe(batch_size=3, generator=generator, num_inference_steps=5, sampler="ode", output_type="pt").images
+
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=True)
+    ddim.set_timesteps(5)
+    x = randn_tensor((3, *SHAPE), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            x = ddim.step(pipe.unet(x, t).sample, t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("make", "tolerance"), [(lambda: tiny_ncsn(), 1e-6), (_ddpm, 1e-6), (lambda: tiny_ncsn(fourier=True), 2e-3)]
+)
+def test_encoding_and_decoding_with_the_ode_returns_the_image(make, tolerance):
+    """In float64 with rk4 on 50 steps each way: measured 1e-8 to 3e-8 for the positional UNets (the error falls
+    ~30x for twice the steps, fourth order), 5e-4 for the fourier one (whose score grows as 1 / sigma; 1e-4 at
+    100 steps). A drift that differed between the two directions would leave O(1) errors."""
+    pipe = make()
+    pipe.unet.double()
+    process = pipe.scheduler.noise_process
+    times = np.linspace(process.num_levels - 1, 0, 51)
+    image = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        x_T, _ = ode_encode(pipe.model_score, process, image, times, method="rk4")
+        decoded, _ = solve_probability_flow(pipe.model_score, process, x_T, times, method="rk4")
+    assert (x_T - image).abs().max() > 0.1  # the encoding moved it
+    torch.testing.assert_close(decoded, image, rtol=0, atol=tolerance)
+
+
+SAMPLER_CALLS = [
+    ("ncsn", {"sampler": "pc", "snr": 0.1, "num_corrector_steps": 2}),
+    ("ncsn", {"sampler": "ode", "ode_method": "rk4"}),
+    ("ncsn", {"sampler": "ode", "ode_method": "dopri5", "ode_rtol": 1e-3, "ode_atol": 1e-3}),
+    ("ddpm", {"sampler": "pc", "num_inference_steps": 5}),
+    ("ddpm", {"sampler": "langevin", "num_langevin_steps": 2, "num_inference_steps": 5}),
+    ("ddpm", {"sampler": "ode", "num_inference_steps": 5}),
+]
+
+
+def _pipe(family: str):
+    return tiny_ncsn() if family == "ncsn" else _ddpm()
+
+
+@pytest.mark.parametrize(("family", "kwargs"), SAMPLER_CALLS)
+def test_same_generator_same_images(family, kwargs):
+    pipe = _pipe(family)
+
+    def draw(seed):
+        return pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), output_type="pt", **kwargs).images
+
+    first = draw(0)
+    assert torch.equal(first, draw(0))
+    assert not torch.equal(first, draw(1))
+
+
+@pytest.mark.parametrize("family", ["ncsn", "ddpm"])
+def test_the_default_sampler_is_the_schedulers_chain_bit_for_bit(family):
+    pipe = _pipe(family)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    scheduler, generator = pipe.scheduler, torch.Generator().manual_seed(0)
+    if family == "ncsn":
+        scheduler.set_timesteps()
+    else:
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+    x = randn_tensor((2, *SHAPE), generator=generator) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(pipe.model_output(x, t), t, x, generator=generator).prev_sample
+    assert torch.equal(images, (x / 2 + 0.5).clamp(0, 1))
+
+
+@pytest.mark.parametrize("family", ["ncsn", "ddpm"])
+def test_the_pc_sampler_calls_the_unet_at_each_level_in_order(family):
+    pipe = _pipe(family)
+    seen = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, t, *a, **k: seen.append(float(t.reshape(-1)[0])) or forward(x, t, *a, **k)
+    kwargs = {"num_inference_steps": 3} if family == "ncsn" else {"num_inference_steps": 4}
+    pipe(batch_size=1, output_type="pt", sampler="pc", num_corrector_steps=1, **kwargs)
+    levels = [3.0, 2.0, 0.0] if family == "ncsn" else [15.0, 10.0, 5.0, 0.0]  # NCSN: log-spread; DDPM: leading
+    assert seen == [level for level in levels for _ in range(2)]
+
+
+BAD_CALLS = [
+    ({"sampler": "heun"}, "sampler='heun' is not supported; accepted values"),
+    ({"sampler": "pc", "snr": -0.1}, "snr must be"),
+    ({"sampler": "pc", "num_corrector_steps": -1}, "num_corrector_steps must be"),
+    ({"sampler": "ode", "snr": 0.1}, "snr=0.1 applies to sampler='pc', not to sampler='ode'"),
+    ({"sampler": "ode", "ode_method": "rk45"}, "ode_method='rk45' is not supported; accepted values"),
+    ({"sampler": "ode", "ode_rtol": 1e-3}, "ode_rtol=0.001 applies to the adaptive ode_method"),
+    ({"sampler": "ode", "ode_method": "dopri5", "ode_atol": 0.0}, "ode_atol must be"),
+    ({"sampler": "pc", "ode_method": "rk4"}, "ode_method='rk4' applies to sampler='ode'"),
+    ({"sampler": "pc", "callback_on_step_end": lambda *a: {}}, "sampler='pc' does not accept one"),
+]
+
+
+@pytest.mark.parametrize("family", ["ncsn", "ddpm"])
+@pytest.mark.parametrize(("kwargs", "message"), BAD_CALLS)
+def test_bad_sampler_arguments_are_named_before_any_unet_call(family, kwargs, message):
+    pipe = _pipe(family)
+    pipe.unet.forward = lambda *a, **k: pytest.fail("the UNet was called")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipe(batch_size=1, **kwargs)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipe.check_inputs(batch_size=1, **kwargs)
+
+
+def test_family_specific_sampler_values_are_refused():
+    with pytest.raises(ValueError, match="sampler='ancestral' is not supported"):
+        tiny_ncsn()(sampler="ancestral")
+    with pytest.raises(ValueError, match="step_size=0.1 applies to sampler='langevin', not to sampler='ode'"):
+        _ddpm()(sampler="ode", step_size=0.1)
+
+
+class _Bar:
+    def __init__(self, iterable=None, total=None):
+        self.iterable, self.total, self.n, self.closed = iterable, total, 0, False
+        bars.append(self)
+
+    def __iter__(self):
+        for item in self.iterable:
+            self.n += 1
+            yield item
+
+    def update(self, n):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+bars: list[_Bar] = []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "total"),
+    [
+        ({"sampler": "pc", "num_inference_steps": 5}, 5),
+        ({"sampler": "ode", "num_inference_steps": 5}, 16),  # timesteps 16 .. 0 (leading spacing): 16 time units
+        ({"sampler": "ode", "ode_method": "dopri5", "num_inference_steps": 5}, 16),
+    ],
+)
+def test_progress_bar_runs_to_its_total(kwargs, total):
+    pipe = _ddpm()
+    bars.clear()
+    pipe.progress_bar = _Bar
+    pipe(batch_size=1, output_type="pt", **kwargs)
+    (bar,) = bars
+    assert bar.n == total and (bar.total in (None, total))
+
+
+def test_evaluate_passes_the_sampler_arguments(tmp_path):
+    tiny_ncsn().save_pretrained(tmp_path / "pipe")
+    arguments = parse_evaluation_arguments(
+        ["--pipeline", str(tmp_path / "pipe"), "--sampler", "pc", "--snr", "0.1", "--num_corrector_steps", "2"]
+    )
+    assert arguments.sample_kwargs() == {"sampler": "pc", "snr": 0.1, "num_corrector_steps": 2}
