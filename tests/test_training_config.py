@@ -171,7 +171,7 @@ def test_the_main_job_configs_parse_to_the_arguments_they_replaced(tmp_path, fam
 LIKELIHOOD_RECIPE = [
     "--resolution", "8", "--center_crop", "true", "--block_out_channels", "32", "64", "64", "--layers_per_block", "1",
     "--fourier_feature_exponents", "3", "4", "5",
-    "--train_batch_size", "64", "--max_train_steps", "2500", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
+    "--train_batch_size", "64", "--max_train_steps", "5000", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
     "--lr_warmup_steps", "100", "--ema_max_decay", "0.999", "--ema_power", "0.75", "--checkpointing_steps", "1000",
     "--checkpoints_total_limit", "1", "--num_preview_images", "16", "--logger", "tensorboard",
     "--ddpm_num_steps", "1000", "--ddpm_beta_schedule", "linear-logsnr", "--logsnr_max", "10", "--logsnr_min", "-10",
@@ -188,6 +188,6 @@ def test_the_likelihood_recipe_config_parses_and_validates(tmp_path):
     assert [vars(a) for a in got] == [vars(a) for a in expected]
     args, ddpm = got
     assert ddpm.ddpm_beta_schedule == "linear-logsnr" and (ddpm.logsnr_max, ddpm.logsnr_min) == (10.0, -10.0)
-    assert ddpm.variance_type == "learned_range" and ddpm.loss_type == "vlb" and args.max_train_steps == 2500
+    assert ddpm.variance_type == "learned_range" and ddpm.loss_type == "vlb" and args.max_train_steps == 5000
     assert args.fourier_feature_exponents == [3, 4, 5]
     assert not (tmp_path / "out").exists()  # parsing creates nothing
