@@ -11,6 +11,7 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..sharing.folder_checks import pipeline_class_name
+from .guidance import ClassLabels, prepare_class_labels
 from .inpainting import check_resampling, ddpm_inpainting_loop
 from .shareable_pipeline import ShareablePipeline
 
@@ -24,14 +25,17 @@ class DDPMPosteriorPipeline(ShareablePipeline):
     Args:
         unet (`UNet2DModel`): the noise (or x_0, or v) network; 2C output channels for learned variances.
         scheduler (`DDPMPosteriorScheduler`): the diffusion.
+        class_names (`list[str]`, *optional*): the names of a class-conditional UNet's classes 0..K-1, saved in
+            model_index.json.
     """
 
     model_card_family = "ddpm"
     loadable_class_names = ("DDPMPosteriorPipeline", "DDPMPipeline")
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMPosteriorScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMPosteriorScheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_class_names(class_names)
 
     @classmethod
     def _components_for_foreign_folder(cls, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -53,11 +57,14 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         mask_image: Any = None,
         jump_length: int = 10,
         jump_n_sample: int = 1,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> None:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`)."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
+        prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size)
         check_resampling(jump_length, jump_n_sample)
         self._check_timesteps(num_inference_steps=self._num_steps(num_inference_steps))
 
@@ -75,6 +82,8 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         mask_image: Any = None,
         jump_length: int = 10,
         jump_n_sample: int = 1,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Draw samples by ancestral sampling, or inpaint `image` where `mask_image` is white.
 
@@ -101,6 +110,13 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             jump_n_sample (`int`, defaults to 1): RePaint's passes over each stretch of `jump_length` steps, used
                 with `image`; 1 is plain replacement, r costs about r times the network calls (see
                 `hf_ddpm_ncsn.pipelines.inpainting.resampling_schedule`).
+            class_labels (`int`, list of `int` or `torch.Tensor`, *optional*): the class of every sample (one int)
+                or of each (batch_size of them), for a class-conditional UNet (`num_class_embeds` = classes + 1; the
+                names are `pipe.class_names`). Default: the null class, i.e. unconditional samples of a conditional
+                model (and the plain model of an unconditional UNet, which refuses labels).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w >= 1 (Ho & Salimans 2022):
+                the output is out_u + w (out_c - out_u) of the null-class and the conditional calls, batched in one
+                UNet call; 1 is the conditional model alone, one call per step. Needs `class_labels`.
         """
         self.check_inputs(
             batch_size,
@@ -112,16 +128,22 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             mask_image,
             jump_length,
             jump_n_sample,
+            class_labels,
+            guidance_scale,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
+        labels = prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size, device)
+        model = self.guided_model(labels, guidance_scale)
         self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
         if known is None:
-            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+            sample = self._denoising_loop(
+                sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs, model
+            )
         else:
             sample = ddpm_inpainting_loop(
-                self.model_output,
+                model,
                 self.scheduler,
                 sample,
                 known,

@@ -9,6 +9,7 @@ import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..schedulers.scheduling_ncsn import NCSNScheduler
+from .guidance import ClassLabels, prepare_class_labels
 from .inpainting import ncsn_inpainting_loop
 from .shareable_pipeline import ShareablePipeline
 
@@ -23,14 +24,17 @@ class NCSNPipeline(ShareablePipeline):
     Args:
         unet (`UNet2DModel`): the score (or noise) network.
         scheduler (`NCSNScheduler`): the noise levels and the Langevin sampler.
+        class_names (`list[str]`, *optional*): the names of a class-conditional UNet's classes 0..K-1, saved in
+            model_index.json.
     """
 
     model_card_family = "ncsn"
     loadable_class_names = ("NCSNPipeline",)
 
-    def __init__(self, unet: UNet2DModel, scheduler: NCSNScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler: NCSNScheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_class_names(class_names)
 
     def check_inputs(
         self,
@@ -43,11 +47,14 @@ class NCSNPipeline(ShareablePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
         image: Any = None,
         mask_image: Any = None,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> None:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`)."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
+        prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size)
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
@@ -71,6 +78,8 @@ class NCSNPipeline(ShareablePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["sample"],  # noqa: B006 (diffusers' signature)
         image: Any = None,
         mask_image: Any = None,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Draw samples by annealed Langevin dynamics, or inpaint `image` where `mask_image` is white.
 
@@ -95,6 +104,13 @@ class NCSNPipeline(ShareablePipeline):
                 PIL "L" (0/255) or "1" image, or an (H, W) / (B, 1, H, W) array of 0 and 1. The known pixels are
                 replaced by x_0 + sigma_t z, one z per noise level, before every Langevin step of that level (Song
                 & Ermon 2019, sec. 5; see `hf_ddpm_ncsn.pipelines.inpainting`).
+            class_labels (`int`, list of `int` or `torch.Tensor`, *optional*): the class of every sample (one int)
+                or of each (batch_size of them), for a class-conditional UNet (`num_class_embeds` = classes + 1; the
+                names are `pipe.class_names`). Default: the null class, i.e. unconditional samples of a conditional
+                model (and the plain model of an unconditional UNet, which refuses labels).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w >= 1 (Ho & Salimans 2022):
+                the output is out_u + w (out_c - out_u) of the null-class and the conditional calls, batched in one
+                UNet call; 1 is the conditional model alone, one call per step. Needs `class_labels`.
         """
         self.check_inputs(
             batch_size,
@@ -106,16 +122,22 @@ class NCSNPipeline(ShareablePipeline):
             callback_on_step_end_tensor_inputs,
             image,
             mask_image,
+            class_labels,
+            guidance_scale,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
+        labels = prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size, device)
+        model = self.guided_model(labels, guidance_scale)
         self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
         if known is None:
-            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+            sample = self._denoising_loop(
+                sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs, model
+            )
         else:
             sample = ncsn_inpainting_loop(
-                self.model_output,
+                model,
                 self.scheduler,
                 sample,
                 known,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from ..sharing.diffusers_loading import finalize_saved_folder, folder_already_ch
 from ..sharing.folder_checks import check_pipeline_folder
 from ..sharing.hub import push_folder_to_hub
 from ..sharing.model_cards import render_model_card
+from .guidance import guided_output, null_class
 from .inpainting import KnownPixels, StepCallback, prepare_known_pixels
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -83,6 +85,25 @@ class ShareablePipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------------------------------------------------
     # Loading and saving
+    def _register_class_names(self, class_names: list[str] | None) -> None:
+        """Record a class-conditional UNet's class names in the pipeline config (model_index.json, which every
+        loading route reads back into `__init__`); an unconditional pipeline's config is left as it was."""
+        num_class_embeds = self.unet.config.num_class_embeds
+        if class_names is None:
+            return
+        names = [str(name) for name in class_names]
+        if num_class_embeds is None or len(names) != num_class_embeds - 1:
+            raise ValueError(
+                f"class_names has {len(names)} names but the UNet has num_class_embeds={num_class_embeds} (the "
+                "classes and one null class)"
+            )
+        self.register_to_config(class_names=names)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the classes 0..K-1 of a class-conditional pipeline (None when not recorded)."""
+        return self.config.get("class_names")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, allow_pickle: bool = False, **kwargs):
         """Load from a folder or a Hub repo id, after checking the weights files.
@@ -206,6 +227,7 @@ class ShareablePipeline(DiffusionPipeline):
             training=training,
             eval_results=eval_results,
             sample_grid="samples.png" if sample_grid is not None else None,
+            class_names=self.class_names,
         )
         atomic_write_text(folder / "README.md", str(card))
 
@@ -320,10 +342,45 @@ class ShareablePipeline(DiffusionPipeline):
         shape = (batch_size, self.unet.config.in_channels, height, width)
         return scale * randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
 
-    def model_output(self, sample: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
+    def model_output(
+        self,
+        sample: torch.Tensor,
+        timestep: int | torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
         """The UNet's output at (sample, scheduler timestep index): what the scheduler's `step`, the likelihoods
-        and the losses take. The timestep is passed as the UNet expects it (`_unet_timestep`)."""
-        return self.unet(sample, self._unet_timestep(timestep)).sample
+        and the losses take. The timestep is passed as the UNet expects it (`_unet_timestep`).
+
+        Args:
+            sample (`torch.Tensor`): (B, C, H, W) inputs.
+            timestep (`int` or `torch.Tensor`): the scheduler's timestep index.
+            class_labels (`torch.Tensor`, *optional*): (B,) labels of a class-conditional UNet, checked by
+                `guidance.prepare_class_labels` (default: the null class, the unconditional model).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w (`guidance.guided_output`).
+        """
+        null = null_class(self.unet.config)
+        if null is None:
+            return self.unet(sample, self._unet_timestep(timestep)).sample
+        timestep = torch.as_tensor(self._unet_timestep(timestep), device=sample.device)
+        if class_labels is None:
+            class_labels = torch.full((len(sample),), null, dtype=torch.long, device=sample.device)
+        return guided_output(
+            lambda x, t, labels: self.unet(x, t, class_labels=labels).sample,
+            sample,
+            timestep,
+            class_labels,
+            null,
+            guidance_scale,
+            guided_channels=self.unet.config.in_channels,
+        )
+
+    def guided_model(self, class_labels: torch.Tensor | None, guidance_scale: float) -> Callable:
+        """`model_output` with the labels and the guidance weight bound: the (sample, timestep) callable the
+        sampling loops take."""
+        if class_labels is None:
+            return self.model_output
+        return functools.partial(self.model_output, class_labels=class_labels, guidance_scale=guidance_scale)
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The UNet's timestep input at a scheduler timestep index (the index itself by default)."""
@@ -404,10 +461,13 @@ class ShareablePipeline(DiffusionPipeline):
         generator,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
+        model: Callable | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler's `step` over its timesteps with a progress bar and callbacks."""
+        """Run the scheduler's `step` over its timesteps with a progress bar and callbacks; `model` is the
+        (sample, timestep) -> output callable (default: `model_output`)."""
+        model = model or self.model_output
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            sample = self.scheduler.step(self.model_output(sample, t), t, sample, generator=generator).prev_sample
+            sample = self.scheduler.step(model(sample, t), t, sample, generator=generator).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"sample": sample}
                 outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})

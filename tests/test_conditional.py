@@ -1,0 +1,158 @@
+"""Class-conditional generation with classifier-free guidance: the guided output against its formula, sampling
+against the exact guided distribution of Gaussian classes, training with --class_conditional, and bad inputs."""
+
+import math
+
+import pytest
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+
+from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNPipeline, NCSNScheduler
+
+TINY_DDPM = [
+    "--resolution", "8", "--block_out_channels", "8", "16", "--train_batch_size", "16", "--logger", "none",
+    "--num_preview_images", "4", "--lr_warmup_steps", "2", "--ddpm_num_steps", "20",
+]  # fmt: skip
+
+
+class GaussianClassModel(ModelMixin, ConfigMixin):
+    """The exact noise prediction of a DDPM whose data given class c is N(mu_c, std^2 I): the last class is the
+    "null" one, its own Gaussian N(mu_null, std^2 I). x_t | c is N(sqrt(abar_t) mu_c, v_t I) with
+    v_t = abar_t std^2 + 1 - abar_t, so eps_c(x, t) = sqrt(1 - abar_t) (x - sqrt(abar_t) mu_c) / v_t."""
+
+    @register_to_config
+    def __init__(self, means: list[float], std: float, alphas_cumprod: list[float], sample_size: int = 2):
+        super().__init__()
+        self.register_buffer("abar", torch.tensor(alphas_cumprod))
+        self.register_buffer("mu", torch.tensor(means))
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # gives the model a device and a dtype
+        self.batch_sizes: list[int] = []
+
+    def forward(self, x, t, class_labels=None):
+        self.batch_sizes.append(len(x))
+        abar = self.abar[t].reshape(-1, 1, 1, 1)
+        mu = self.mu[class_labels].reshape(-1, 1, 1, 1)
+        v = abar * self.config.std**2 + 1 - abar
+        return UNet2DOutput(sample=(1 - abar).sqrt() * (x - abar.sqrt() * mu) / v)
+
+
+def gaussian_pipeline(means, std=0.5, steps=1000):
+    scheduler = DDPMPosteriorScheduler(num_train_timesteps=steps, clip_sample=False)  # Gaussians are unbounded
+    model = GaussianClassModel(means, std, scheduler.alphas_cumprod.tolist())
+    # what the pipeline reads of a UNet's config: the channels, the size and the class embeddings
+    model.register_to_config(in_channels=1, num_class_embeds=len(means))
+    pipe = DDPMPosteriorPipeline(unet=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def final_sample(pipe, **call_kwargs):
+    """The last step's sample, before the output's clamp to [-1, 1]."""
+    chain = {}
+    pipe(callback_on_step_end=lambda pipe, i, t, tensors: chain.update(tensors) or {}, **call_kwargs)
+    return chain["sample"]
+
+
+def conditional_ddpm(num_classes=3):
+    pipe = DDPMPosteriorPipeline(
+        unet=tiny_unet(num_class_embeds=num_classes + 1),
+        scheduler=DDPMPosteriorScheduler(num_train_timesteps=20),
+        class_names=[f"class {i}" for i in range(num_classes)],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def conditional_ncsn(num_classes=3):
+    base = tiny_ncsn(fourier=True)
+    pipe = NCSNPipeline(
+        unet=tiny_unet(num_class_embeds=num_classes + 1, time_embedding_type="fourier"),
+        scheduler=NCSNScheduler.from_config(base.scheduler.config),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --- the guided output ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w", [1.0, 2.5, 7.0])
+def test_the_guided_output_is_the_unconditional_plus_w_times_the_difference(w):
+    pipe = gaussian_pipeline([-1.0, 2.0, 0.5])
+    x, t, labels = torch.randn(4, 1, 2, 2), torch.tensor(500), torch.tensor([0, 1, 1, 0])
+    eps_c = pipe.unet(x, t, class_labels=labels).sample
+    eps_u = pipe.unet(x, t, class_labels=torch.full((4,), 2)).sample
+    expected = eps_c if w == 1 else eps_u + w * (eps_c - eps_u)  # w = 1 is the conditional output itself
+    assert torch.equal(pipe.model_output(x, t, labels, guidance_scale=w), expected)
+
+
+def test_guidance_one_makes_one_call_per_step_without_a_null_batch_and_more_makes_one_doubled_call():
+    pipe = gaussian_pipeline([-1.0, 2.0, 0.5], steps=10)
+    pipe(batch_size=3, class_labels=1, output_type="pt")
+    assert pipe.unet.batch_sizes == [3] * 10
+    pipe.unet.batch_sizes.clear()
+    pipe(batch_size=3, class_labels=1, guidance_scale=2.0, output_type="pt")
+    assert pipe.unet.batch_sizes == [6] * 10
+
+
+@pytest.mark.parametrize("make", [conditional_ddpm, conditional_ncsn])
+def test_one_batched_call_equals_two_separate_calls_of_a_real_unet(make):
+    pipe, w = make(), 3.0
+    x, labels = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
+    t = pipe.scheduler.timesteps[1] if isinstance(pipe, NCSNPipeline) else torch.tensor(7)
+    unet_t = pipe._unet_timestep(t)
+    cond = pipe.unet(x, unet_t, class_labels=labels).sample
+    uncond = pipe.unet(x, unet_t, class_labels=torch.full((2,), 3)).sample
+    torch.testing.assert_close(pipe.model_output(x, t, labels, w), uncond + w * (cond - uncond))
+
+
+def test_an_unconditional_pipeline_samples_exactly_as_before():
+    pipe = tiny_ddpm()
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    # the chain written out with the UNet alone, as the pipeline ran it before guidance existed
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn((2, 1, 8, 8), generator=generator)
+    pipe.scheduler.set_timesteps(20)
+    for t in pipe.scheduler.timesteps:
+        sample = pipe.scheduler.step(pipe.unet(sample, t).sample, t, sample, generator=generator).prev_sample
+    assert torch.equal(images, (sample / 2 + 0.5).clamp(0, 1))
+
+
+def test_a_conditional_model_without_labels_samples_the_null_class():
+    pipe = conditional_ddpm()
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn((2, 1, 8, 8), generator=generator)
+    pipe.scheduler.set_timesteps(20)
+    null = torch.full((2,), 3)
+    for t in pipe.scheduler.timesteps:
+        output = pipe.unet(sample, t, class_labels=null).sample
+        sample = pipe.scheduler.step(output, t, sample, generator=generator).prev_sample
+    assert torch.equal(images, (sample / 2 + 0.5).clamp(0, 1))
+
+
+# --- Gaussian classes: the guided sampler against the guided distribution in closed form -------------------------
+
+
+@pytest.mark.parametrize("w", [1.0, 3.0])
+def test_guided_samples_of_gaussian_classes_have_the_mean_of_the_guided_score(w):
+    # Both classes and the null class share the variance v_t of x_t, so s_u + w (s_c - s_u) is exactly the score
+    # of N(sqrt(abar_t) mu_w, v_t) with mu_w = mu_u + w (mu_c - mu_u): guided sampling with the exact eps draws
+    # N(mu_w, std^2) up to the sampler's error. For Gaussian data every ancestral step is affine and shrinks the
+    # mean's error, which starts at the prior's sqrt(abar_T) |mu_w| (x_T ~ N(0, I)); the rest is sampling error
+    # of n draws, below 5 standard errors but once in 3.5 million.
+    means, std, n = [-1.0, 2.0, 0.5], 0.5, 4000  # classes 0 and 1, null class 2; n scalars per class
+    pipe = gaussian_pipeline(means, std)
+    for c in (0, 1):
+        x = final_sample(pipe, batch_size=n // 4, class_labels=c, guidance_scale=w, generator=seeded(c))
+        mu_w = means[2] + w * (means[c] - means[2])
+        prior_error = math.sqrt(pipe.scheduler.alphas_cumprod[-1]) * abs(mu_w)
+        tolerance = 5 * x.std().item() / math.sqrt(x.numel()) + prior_error
+        assert abs(x.mean().item() - mu_w) < tolerance, (c, x.mean().item(), mu_w)
