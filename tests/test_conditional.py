@@ -1,16 +1,24 @@
 """Class-conditional generation with classifier-free guidance: the guided output against its formula, sampling
 against the exact guided distribution of Gaussian classes, training with --class_conditional, and bad inputs."""
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
+from PIL import Image
+from safetensors.torch import load_file
 from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
+from test_save_load import ROUTES, run_python
 
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNPipeline, NCSNScheduler
+from hf_ddpm_ncsn.training import main
+from hf_ddpm_ncsn.training.arguments import parse_training_arguments
+from hf_ddpm_ncsn.training.conditioning import drop_labels
 
 TINY_DDPM = [
     "--resolution", "8", "--block_out_channels", "8", "16", "--train_batch_size", "16", "--logger", "none",
@@ -156,3 +164,127 @@ def test_guided_samples_of_gaussian_classes_have_the_mean_of_the_guided_score(w)
         prior_error = math.sqrt(pipe.scheduler.alphas_cumprod[-1]) * abs(mu_w)
         tolerance = 5 * x.std().item() / math.sqrt(x.numel()) + prior_error
         assert abs(x.mean().item() - mu_w) < tolerance, (c, x.mean().item(), mu_w)
+
+
+# --- bad inputs, refused before any UNet call --------------------------------------------------------------------
+
+
+def _no_unet_calls(pipe):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the UNet was called before the arguments were checked")
+
+    pipe.unet.forward = refuse
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"class_labels": 3}, r"class_labels must lie in 0\.\.2"),
+        ({"class_labels": [0, -1, 1]}, r"class_labels must lie in 0\.\.2"),
+        ({"class_labels": [0, 1]}, "class_labels has 2 labels but batch_size=3"),
+        ({"class_labels": torch.zeros(3)}, "class_labels must be an integer tensor"),
+        ({"class_labels": [0.5, 1, 1]}, "class_labels must be an int"),
+        ({"class_labels": 1, "guidance_scale": 0.5}, "guidance_scale must be a finite number >= 1"),
+        ({"class_labels": 1, "guidance_scale": float("nan")}, "guidance_scale must be a finite number >= 1"),
+        ({"class_labels": 1, "guidance_scale": float("inf")}, "guidance_scale must be a finite number >= 1"),
+        ({"guidance_scale": 2.0}, "guidance_scale=2.0 needs class_labels"),
+    ],
+)
+@pytest.mark.parametrize("make", [conditional_ddpm, conditional_ncsn])
+def test_bad_guidance_arguments_are_named_before_any_unet_call(make, kwargs, match):
+    pipe = _no_unet_calls(make())
+    with pytest.raises(ValueError, match=match):
+        pipe(batch_size=3, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        pipe.check_inputs(batch_size=3, **kwargs)
+
+
+@pytest.mark.parametrize("make", [tiny_ddpm, tiny_ncsn])
+def test_class_labels_on_an_unconditional_unet_are_refused(make):
+    with pytest.raises(ValueError, match="class_labels were given but the UNet is unconditional"):
+        _no_unet_calls(make())(batch_size=2, class_labels=0)
+
+
+def test_class_names_must_match_the_class_embeddings():
+    with pytest.raises(ValueError, match="class_names has 2 names but the UNet has num_class_embeds=4"):
+        DDPMPosteriorPipeline(unet=tiny_unet(num_class_embeds=4), scheduler=DDPMPosteriorScheduler(), class_names="ab")
+
+
+# --- training --------------------------------------------------------------------------------------------------
+
+
+def test_null_class_dropout_replaces_labels_at_the_asked_rate():
+    labels = torch.arange(100_000) % 10
+    torch.manual_seed(0)
+    dropped = drop_labels(labels, 10, 0.1)
+    kept = dropped != 10
+    assert torch.equal(dropped[kept], labels[kept])
+    # a binomial count: within 5 standard deviations of n p
+    n, p = len(labels), 0.1
+    assert abs((~kept).sum().item() - n * p) < 5 * math.sqrt(n * p * (1 - p))
+    assert torch.equal(drop_labels(labels, 10, 0.0), labels)
+    assert (drop_labels(labels, 10, 1.0) == 10).all()
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_class_dropout_prob_outside_zero_one_is_refused_at_parse_time(tmp_path, value):
+    with pytest.raises(ValueError, match="--class_dropout_prob must be a finite number in"):
+        parse_training_arguments("ddpm", ["--output_dir", str(tmp_path), "--class_dropout_prob", value])
+
+
+def test_class_conditional_on_a_dataset_without_labels_fails_before_training(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        Image.new("L", (8, 8), color=6 * i).save(images / f"{i}.png")
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), "--train_data_dir", str(images), "--max_train_steps", "1", "--class_conditional"]
+    assert main("ddpm", [*argv, *TINY_DDPM]) == 1
+    assert "--class_conditional needs a dataset with labels" in capsys.readouterr().err
+    assert not (out / "model_index.json").exists()
+
+
+def test_a_class_conditional_run_saves_reloads_samples_and_resumes_bit_identically(tmp_path):
+    out = tmp_path / "run"
+    argv = [*TINY_DDPM, "--class_conditional", "--checkpointing_steps", "4", "--max_train_steps", "8"]
+    assert main("ddpm", ["--output_dir", str(out), *argv]) == 0
+    assert json.loads((out / "unet" / "config.json").read_text())["num_class_embeds"] == 11
+    card = (out / "README.md").read_text()
+    assert "This model is class-conditional" in card
+    assert all(f"| {d} | {d} |" in card for d in range(10))
+
+    pipe = DDPMPosteriorPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.class_names == [str(d) for d in range(10)]
+    images = pipe(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+
+    # resumed from step 4: the restored RNG draws the same null-class dropouts, timesteps and noise
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-4", resumed / "checkpoint-4")
+    assert main("ddpm", ["--output_dir", str(resumed), *argv, "--resume_from_checkpoint", "latest"]) == 0
+    expected, got = (load_file(d / "unet" / "diffusion_pytorch_model.safetensors") for d in (out, resumed))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_a_class_conditional_ncsn_run_saves_its_classes(tmp_path):
+    out = tmp_path / "ncsn"
+    argv = [*TINY_DDPM[:-2], "--num_noise_levels", "4", "--num_langevin_steps", "2", "--class_conditional"]
+    assert main("ncsn", ["--output_dir", str(out), "--max_train_steps", "2", *argv]) == 0
+    pipe = NCSNPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds == 11 and pipe.class_names == [str(d) for d in range(10)]
+    assert "This model is class-conditional" in (out / "README.md").read_text()
+
+
+def test_class_names_survive_every_loading_route(tmp_path):
+    conditional_ddpm().save_pretrained(tmp_path / "saved")
+    # one fresh process for all routes (startup is most of the cost), the one that must not import the package first
+    routes = sorted(ROUTES, key=lambda route: route != "trust_remote_code without import")
+    code = "\n".join(
+        ROUTES[route].format(cls="DDPMPosteriorPipeline", src=str(tmp_path / "saved")) + "\nprint(pipe.class_names)"
+        for route in routes
+    )
+    printed = run_python(code, env={"HF_HOME": str(tmp_path / "hf_home")}).strip().splitlines()
+    assert printed == ["['class 0', 'class 1', 'class 2']"] * len(ROUTES)
