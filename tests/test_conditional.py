@@ -16,6 +16,7 @@ from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 from test_save_load import ROUTES, run_python
 
 from hf_ddpm_ncsn import DDPMPosteriorPipeline, DDPMPosteriorScheduler, NCSNPipeline, NCSNScheduler
+from hf_ddpm_ncsn.pipelines.guidance import guided_output
 from hf_ddpm_ncsn.training import main
 from hf_ddpm_ncsn.training.arguments import parse_training_arguments
 from hf_ddpm_ncsn.training.conditioning import drop_labels
@@ -144,6 +145,27 @@ def test_a_conditional_model_without_labels_samples_the_null_class():
         output = pipe.unet(sample, t, class_labels=null).sample
         sample = pipe.scheduler.step(output, t, sample, generator=generator).prev_sample
     assert torch.equal(images, (sample / 2 + 0.5).clamp(0, 1))
+
+
+def test_a_learned_variance_is_taken_from_the_conditional_output():
+    def model(x, t, labels):  # channels: the prediction, then the variance, each a function of the label
+        return torch.cat(
+            [x + labels.reshape(-1, 1, 1, 1), 10 * labels.reshape(-1, 1, 1, 1).expand_as(x)], dim=1
+        ).float()
+
+    x, labels = torch.zeros(2, 1, 2, 2), torch.tensor([1, 2])
+    out = guided_output(model, x, torch.tensor(3), labels, null_label=0, guidance_scale=3.0, guided_channels=1)
+    assert torch.equal(out[:, :1], 3.0 * labels.reshape(-1, 1, 1, 1).expand_as(x).float())  # 0 + 3 (c - 0)
+    assert torch.equal(out[:, 1:], 10.0 * labels.reshape(-1, 1, 1, 1).expand_as(x).float())
+
+
+def test_labels_and_guidance_reach_inpainting_and_the_elbo_runs_on_the_null_class():
+    pipe = gaussian_pipeline([-1.0, 2.0, 0.5], steps=10)
+    image, mask = torch.zeros(1, 1, 2, 2), torch.tensor([[1, 0], [0, 0]])
+    out = pipe(batch_size=2, class_labels=1, guidance_scale=2.0, image=image, mask_image=mask, output_type="pt")
+    assert pipe.unet.batch_sizes == [4] * 10 and torch.equal(out.images[:, :, 1, :], torch.full((2, 1, 2), 0.5))
+    elbo = conditional_ddpm().elbo(torch.full((2, 1, 8, 8), 128, dtype=torch.uint8))
+    assert torch.isfinite(elbo.bits_per_dim).all()
 
 
 # --- Gaussian classes: the guided sampler against the guided distribution in closed form -------------------------
