@@ -20,7 +20,7 @@ ClassLabels = int | Sequence[int] | torch.Tensor
 def null_class(unet_config) -> int | None:
     """The null-class index of a class-conditional UNet (its last class embedding), or None for an unconditional
     one."""
-    num = unet_config.get("num_class_embeds") if isinstance(unet_config, dict) else unet_config.num_class_embeds
+    num = unet_config.get("num_class_embeds")  # diffusers' configs are dicts
     return None if num is None else num - 1
 
 

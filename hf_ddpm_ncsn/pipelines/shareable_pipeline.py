@@ -88,9 +88,9 @@ class ShareablePipeline(DiffusionPipeline):
     def _register_class_names(self, class_names: list[str] | None) -> None:
         """Record a class-conditional UNet's class names in the pipeline config (model_index.json, which every
         loading route reads back into `__init__`); an unconditional pipeline's config is left as it was."""
-        num_class_embeds = self.unet.config.num_class_embeds
         if class_names is None:
             return
+        num_class_embeds = self.unet.config.num_class_embeds
         names = [str(name) for name in class_names]
         if num_class_embeds is None or len(names) != num_class_embeds - 1:
             raise ValueError(

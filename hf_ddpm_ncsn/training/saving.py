@@ -78,7 +78,7 @@ def with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UN
     return model.eval()
 
 
-def _grid_pipeline(family: Family, model: UNet2DModel, scheduler, show_progress: bool, class_names):
+def _grid_pipeline(family: Family, model: UNet2DModel, scheduler, show_progress: bool, class_names: list[str] | None):
     """A pipeline to sample grids from, on a copy of the scheduler (sampling sets its timesteps)."""
     pipeline = family.pipeline(model, type(scheduler).from_config(scheduler.config), class_names)
     pipeline.set_progress_bar_config(**(tqdm_kwargs() if show_progress else {"disable": True}))
