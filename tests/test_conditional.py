@@ -4,6 +4,7 @@ against the exact guided distribution of Gaussian classes, training with --class
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,15 @@ def test_class_names_survive_every_loading_route(tmp_path):
     )
     printed = run_python(code, env={"HF_HOME": str(tmp_path / "hf_home")}).strip().splitlines()
     assert printed == ["['class 0', 'class 1', 'class 2']"] * len(ROUTES)
+
+
+@pytest.mark.parametrize("family", ["ddpm", "ncsn"])
+def test_the_conditional_recipe_is_the_main_job_plus_class_conditional(tmp_path, family):
+    root = Path(__file__).resolve().parent.parent / "configs"
+    out = ["--output_dir", str(tmp_path / "out")]
+    main_job = parse_training_arguments(family, ["--config", str(root / "main_job" / f"{family}.yaml"), *out])
+    recipe = parse_training_arguments(family, ["--config", str(root / "conditional" / f"{family}.yaml"), *out])
+    expected = parse_training_arguments(
+        family, ["--config", str(root / "main_job" / f"{family}.yaml"), *out, "--class_conditional", "true"]
+    )
+    assert [vars(a) for a in recipe] == [vars(a) for a in expected] != [vars(a) for a in main_job]
