@@ -102,8 +102,9 @@ class Family:
         """The batch loss training minimises."""
         return self.loss_terms(model, scheduler, x0).mean()
 
-    def pipeline(self, unet: UNet2DModel, scheduler) -> ShareablePipeline:
-        return self.pipeline_class(unet=unet, scheduler=scheduler)
+    def pipeline(self, unet: UNet2DModel, scheduler, class_names: list[str] | None = None) -> ShareablePipeline:
+        """The family's pipeline; `class_names` names the classes of a class-conditional UNet."""
+        return self.pipeline_class(unet=unet, scheduler=scheduler, class_names=class_names)
 
     def sample_kwargs(self) -> dict[str, Any]:
         """Sampling arguments of the trained pipeline's previews and sample grids."""

@@ -12,6 +12,7 @@ from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
 from ..schedulers.validation import check_positive_float, check_positive_int
 from ..sharing.folder_checks import pipeline_class_name
+from .guidance import ClassLabels, prepare_class_labels
 from .inpainting import check_resampling, ddpm_inpainting_loop
 from .sampler_arguments import MAX_LANGEVIN_STEPS, check_callback_supported, check_inpainting_sampler, sampler_options
 from .shareable_pipeline import ShareablePipeline
@@ -33,14 +34,17 @@ class DDPMPosteriorPipeline(ShareablePipeline):
     Args:
         unet (`UNet2DModel`): the noise (or x_0, or v) network; 2C output channels for learned variances.
         scheduler (`DDPMPosteriorScheduler`): the diffusion.
+        class_names (`list[str]`, *optional*): the names of a class-conditional UNet's classes 0..K-1, saved in
+            model_index.json.
     """
 
     model_card_family = "ddpm"
     loadable_class_names = ("DDPMPosteriorPipeline", "DDPMPipeline")
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMPosteriorScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMPosteriorScheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_class_names(class_names)
 
     @classmethod
     def _components_for_foreign_folder(cls, folder: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -71,11 +75,14 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         ode_rtol: float | None = None,
         ode_atol: float | None = None,
         callback_on_step_end: Callable | None = None,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`); return the sampler's checked options."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
+        prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size)
         check_resampling(jump_length, jump_n_sample)
         check_inpainting_sampler(image, sampler, SAMPLERS[0])
         options = sampler_options(
@@ -121,6 +128,8 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         ode_method: str | None = None,
         ode_rtol: float | None = None,
         ode_atol: float | None = None,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Draw samples by ancestral sampling (default), predictor-corrector, annealed Langevin dynamics or the
         probability-flow ODE, or inpaint `image` where `mask_image` is white (ancestral sampling).
@@ -163,6 +172,13 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 `"dopri5"`, `"bosh3"`, `"adaptive_heun"` between the first and the last.
             ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
                 the adaptive `ode_method`'s tolerances.
+            class_labels (`int`, list of `int` or `torch.Tensor`, *optional*): the class of every sample (one int)
+                or of each (batch_size of them), for a class-conditional UNet (`num_class_embeds` = classes + 1; the
+                names are `pipe.class_names`). Default: the null class, i.e. unconditional samples of a conditional
+                model (and the plain model of an unconditional UNet, which refuses labels).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w >= 1 (Ho & Salimans 2022):
+                the output is out_u + w (out_c - out_u) of the null-class and the conditional calls, batched in one
+                UNet call; 1 is the conditional model alone, one call per step. Needs `class_labels`.
         """
         options = self.check_inputs(
             batch_size,
@@ -183,14 +199,18 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             ode_rtol,
             ode_atol,
             callback_on_step_end,
+            class_labels,
+            guidance_scale,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
+        labels = prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size, device)
+        model = self.guided_model(labels, guidance_scale)
         self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
         sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
         if known is not None:
             sample = ddpm_inpainting_loop(
-                self.model_output,
+                model,
                 self.scheduler,
                 sample,
                 known,
@@ -201,9 +221,13 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 callback=self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs),
             )
         elif sampler == "ancestral":
-            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+            sample = self._denoising_loop(
+                sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs, model
+            )
         else:
-            sample = self._run_sampler(sampler, options, self.scheduler.timesteps.tolist(), sample, generator)
+            sample = self._run_sampler(
+                sampler, options, self.scheduler.timesteps.tolist(), sample, generator, labels, guidance_scale
+            )
         images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

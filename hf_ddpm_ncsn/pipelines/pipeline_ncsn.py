@@ -9,6 +9,7 @@ import torch
 from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..schedulers.scheduling_ncsn import NCSNScheduler
+from .guidance import ClassLabels, prepare_class_labels
 from .inpainting import ncsn_inpainting_loop
 from .sampler_arguments import check_callback_supported, check_inpainting_sampler, sampler_options
 from .shareable_pipeline import ShareablePipeline
@@ -27,14 +28,17 @@ class NCSNPipeline(ShareablePipeline):
     Args:
         unet (`UNet2DModel`): the score (or noise) network.
         scheduler (`NCSNScheduler`): the noise levels and the Langevin sampler.
+        class_names (`list[str]`, *optional*): the names of a class-conditional UNet's classes 0..K-1, saved in
+            model_index.json.
     """
 
     model_card_family = "ncsn"
     loadable_class_names = ("NCSNPipeline",)
 
-    def __init__(self, unet: UNet2DModel, scheduler: NCSNScheduler):
+    def __init__(self, unet: UNet2DModel, scheduler: NCSNScheduler, class_names: list[str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_class_names(class_names)
 
     def check_inputs(
         self,
@@ -54,6 +58,8 @@ class NCSNPipeline(ShareablePipeline):
         ode_rtol: float | None = None,
         ode_atol: float | None = None,
         callback_on_step_end: Callable | None = None,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`); return the sampler's checked options."""
@@ -73,6 +79,7 @@ class NCSNPipeline(ShareablePipeline):
         )
         check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
         self._check_ode_embedding(sampler)
+        prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size)
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
@@ -103,6 +110,8 @@ class NCSNPipeline(ShareablePipeline):
         ode_method: str | None = None,
         ode_rtol: float | None = None,
         ode_atol: float | None = None,
+        class_labels: ClassLabels | None = None,
+        guidance_scale: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Draw samples by annealed Langevin dynamics (default), predictor-corrector or the probability-flow ODE, or
         inpaint `image` where `mask_image` is white (annealed Langevin).
@@ -141,6 +150,13 @@ class NCSNPipeline(ShareablePipeline):
                 `"adaptive_heun"`.
             ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
                 the adaptive `ode_method`'s tolerances.
+            class_labels (`int`, list of `int` or `torch.Tensor`, *optional*): the class of every sample (one int)
+                or of each (batch_size of them), for a class-conditional UNet (`num_class_embeds` = classes + 1; the
+                names are `pipe.class_names`). Default: the null class, i.e. unconditional samples of a conditional
+                model (and the plain model of an unconditional UNet, which refuses labels).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w >= 1 (Ho & Salimans 2022):
+                the output is out_u + w (out_c - out_u) of the null-class and the conditional calls, batched in one
+                UNet call; 1 is the conditional model alone, one call per step. Needs `class_labels`.
         """
         options = self.check_inputs(
             batch_size,
@@ -159,14 +175,18 @@ class NCSNPipeline(ShareablePipeline):
             ode_rtol,
             ode_atol,
             callback_on_step_end,
+            class_labels,
+            guidance_scale,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
+        labels = prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size, device)
+        model = self.guided_model(labels, guidance_scale)
         if known is not None:
             self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
             sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
             sample = ncsn_inpainting_loop(
-                self.model_output,
+                model,
                 self.scheduler,
                 sample,
                 known,
@@ -177,13 +197,15 @@ class NCSNPipeline(ShareablePipeline):
         elif sampler == "langevin":
             self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
             sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-            sample = self._denoising_loop(sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+            sample = self._denoising_loop(
+                sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs, model
+            )
         else:
             # the levels the default chain visits, each once: noisiest (sigma_max) first, sigma_min last
             self.scheduler.set_timesteps(num_inference_steps, 1, device=device)
             levels = self.scheduler.timesteps[: self.scheduler.num_inference_steps].tolist()
             sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
-            sample = self._run_sampler(sampler, options, levels, sample, generator)
+            sample = self._run_sampler(sampler, options, levels, sample, generator, labels, guidance_scale)
         images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

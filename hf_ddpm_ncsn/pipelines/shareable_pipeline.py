@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import tempfile
@@ -27,6 +28,7 @@ from ..sharing.diffusers_loading import finalize_saved_folder, folder_already_ch
 from ..sharing.folder_checks import check_pipeline_folder
 from ..sharing.hub import push_folder_to_hub
 from ..sharing.model_cards import render_model_card
+from .guidance import guided_output, null_class
 from .inpainting import KnownPixels, StepCallback, prepare_known_pixels
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -86,6 +88,25 @@ class ShareablePipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------------------------------------------------
     # Loading and saving
+    def _register_class_names(self, class_names: list[str] | None) -> None:
+        """Record a class-conditional UNet's class names in the pipeline config (model_index.json, which every
+        loading route reads back into `__init__`); an unconditional pipeline's config is left as it was."""
+        if class_names is None:
+            return
+        num_class_embeds = self.unet.config.num_class_embeds
+        names = [str(name) for name in class_names]
+        if num_class_embeds is None or len(names) != num_class_embeds - 1:
+            raise ValueError(
+                f"class_names has {len(names)} names but the UNet has num_class_embeds={num_class_embeds} (the "
+                "classes and one null class)"
+            )
+        self.register_to_config(class_names=names)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the classes 0..K-1 of a class-conditional pipeline (None when not recorded)."""
+        return self.config.get("class_names")
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, allow_pickle: bool = False, **kwargs):
         """Load from a folder or a Hub repo id, after checking the weights files.
@@ -209,6 +230,7 @@ class ShareablePipeline(DiffusionPipeline):
             training=training,
             eval_results=eval_results,
             sample_grid="samples.png" if sample_grid is not None else None,
+            class_names=self.class_names,
         )
         atomic_write_text(folder / "README.md", str(card))
 
@@ -323,26 +345,83 @@ class ShareablePipeline(DiffusionPipeline):
         shape = (batch_size, self.unet.config.in_channels, height, width)
         return scale * randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
 
-    def model_output(self, sample: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
+    def model_output(
+        self,
+        sample: torch.Tensor,
+        timestep: int | torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
         """The UNet's output at (sample, scheduler timestep index): what the scheduler's `step`, the likelihoods
-        and the losses take. The timestep is passed as the UNet expects it (`_unet_timestep`)."""
-        return self.unet(sample, self._unet_timestep(timestep)).sample
+        and the losses take. The timestep is passed as the UNet expects it (`_unet_timestep`).
 
-    def model_score(self, sample: torch.Tensor, t: int | float) -> torch.Tensor:
+        Args:
+            sample (`torch.Tensor`): (B, C, H, W) inputs.
+            timestep (`int` or `torch.Tensor`): the scheduler's timestep index.
+            class_labels (`torch.Tensor`, *optional*): (B,) labels of a class-conditional UNet, checked by
+                `guidance.prepare_class_labels` (default: the null class, the unconditional model).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w (`guidance.guided_output`).
+        """
+        return self._unet_output(sample, self._unet_timestep(timestep), class_labels, guidance_scale)
+
+    def _unet_output(
+        self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
+        """The UNet at its own timestep input, with the class labels and guidance of a conditional UNet."""
+        null = null_class(self.unet.config)
+        if null is None:
+            return self.unet(sample, timestep).sample
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if class_labels is None:
+            class_labels = torch.full((len(sample),), null, dtype=torch.long, device=sample.device)
+        return guided_output(
+            lambda x, t, labels: self.unet(x, t, class_labels=labels).sample,
+            sample,
+            timestep,
+            class_labels,
+            null,
+            guidance_scale,
+            guided_channels=self.unet.config.in_channels,
+        )
+
+    def guided_model(self, class_labels: torch.Tensor | None, guidance_scale: float) -> Callable:
+        """`model_output` with the labels and the guidance weight bound: the (sample, timestep) callable the
+        sampling loops take."""
+        if class_labels is None:
+            return self.model_output
+        return functools.partial(self.model_output, class_labels=class_labels, guidance_scale=guidance_scale)
+
+    def model_score(
+        self,
+        sample: torch.Tensor,
+        t: int | float,
+        class_labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
         """The score grad log q_t(sample) the UNet implies at scheduler time t (an int level, or a float time of
-        the continuous extension), one t for the whole batch: what `hf_ddpm_ncsn.sampling` takes."""
+        the continuous extension), one t for the whole batch: what `hf_ddpm_ncsn.sampling` takes. `class_labels`
+        and `guidance_scale` are those of `model_output` (the guided eps and the guided score agree: s = -eps /
+        sigma_t is linear)."""
         timestep = self.scheduler.model_timestep(t, self.unet.config.time_embedding_type).to(sample.device)
-        output = self.unet(sample, timestep.expand(len(sample))).sample
+        output = self._unet_output(sample, timestep.expand(len(sample)), class_labels, guidance_scale)
         return self.scheduler.score_from_model_output(output, t, sample)
 
     def _run_sampler(
-        self, sampler: str, options: dict[str, Any], levels: list[int], sample: torch.Tensor, generator
+        self,
+        sampler: str,
+        options: dict[str, Any],
+        levels: list[int],
+        sample: torch.Tensor,
+        generator,
+        class_labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         """Draw samples with one of `hf_ddpm_ncsn.sampling`'s samplers from `sample` at levels[0] down `levels`."""
         process = self.scheduler.noise_process
+        score = functools.partial(self.model_score, class_labels=class_labels, guidance_scale=guidance_scale)
         if sampler == "pc":
             return predictor_corrector_sample(
-                self.model_score,
+                score,
                 process,
                 sample,
                 levels,
@@ -353,7 +432,7 @@ class ShareablePipeline(DiffusionPipeline):
             )
         if sampler == "langevin":
             return annealed_langevin_sample(
-                self.model_score,
+                score,
                 process,
                 sample,
                 levels,
@@ -367,7 +446,7 @@ class ShareablePipeline(DiffusionPipeline):
         on_time = time_progress(bar, times[0], times[-1])
         try:
             sample, _ = ode_sample(
-                self.model_score,
+                score,
                 process,
                 sample,
                 times,
@@ -467,10 +546,13 @@ class ShareablePipeline(DiffusionPipeline):
         generator,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str],
+        model: Callable | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler's `step` over its timesteps with a progress bar and callbacks."""
+        """Run the scheduler's `step` over its timesteps with a progress bar and callbacks; `model` is the
+        (sample, timestep) -> output callable (default: `model_output`)."""
+        model = model or self.model_output
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            sample = self.scheduler.step(self.model_output(sample, t), t, sample, generator=generator).prev_sample
+            sample = self.scheduler.step(model(sample, t), t, sample, generator=generator).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"sample": sample}
                 outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})

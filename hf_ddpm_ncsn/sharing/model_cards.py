@@ -57,6 +57,7 @@ def render_model_card(
     training: Mapping[str, Any] | None = None,
     eval_results: Mapping[str, float] | None = None,
     sample_grid: str | None = None,
+    class_names: list[str] | None = None,
 ) -> ModelCard:
     """Render the model card (README.md) of a trained pipeline from `model_cards/{family}.md`.
 
@@ -71,6 +72,8 @@ def render_model_card(
             secret, password or key are dropped and values that look like a Hub token are redacted.
         eval_results (`Mapping[str, float]`, *optional*): metric name -> value, shown as a table.
         sample_grid (`str`, *optional*): path (relative to the repo) or URL of an image of samples.
+        class_names (`list[str]`, *optional*): the classes 0..K-1 of a class-conditional model (the pipeline's
+            `class_names`); the card then says the model is conditional and lists them.
 
     Returns:
         `huggingface_hub.ModelCard`: the card; `card.save(folder / "README.md")` writes it.
@@ -113,6 +116,7 @@ def render_model_card(
         training_rows=training_rows,
         eval_rows=[(_table_cell(name), _format(value)) for name, value in metrics.items()],
         sample_grid=sample_grid,
+        class_rows=[(index, _table_cell(name)) for index, name in enumerate(class_names or [])],
     )
 
 

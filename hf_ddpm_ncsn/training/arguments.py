@@ -77,6 +77,14 @@ class TrainingArguments:
         "FourierFeaturesUNet2DModel; pick n so that 2^(1-n) is about the spacing of the data's levels in [-1, 1] "
         "(3 4 5 for the 17-level digits, 7 8 for 8-bit images). Default: none, a plain UNet2DModel.",
     )
+    class_conditional: bool = _arg(
+        False,
+        "Train a class-conditional model for classifier-free guidance (needs a dataset with labels): the UNet gets "
+        "num_class_embeds = classes + 1, the last being the null class.",
+    )
+    class_dropout_prob: float = _arg(
+        0.1, "Probability in [0, 1] that a label is replaced by the null class (--class_conditional)."
+    )
     # optimisation
     train_batch_size: int = _arg(64, "Batch size per process.")
     num_epochs: int = _arg(100, "Epochs to train (ignored when --max_train_steps is set).")
@@ -134,6 +142,7 @@ class TrainingArguments:
         _check_number("ema_inv_gamma", self.ema_inv_gamma, low=0.0)
         _check_number("ema_power", self.ema_power, low=0.0)
         _check_number("ema_max_decay", self.ema_max_decay, low=0.0, high=1.0)
+        _check_number("class_dropout_prob", self.class_dropout_prob, 0.0, 1.0, include_low=True, include_high=True)
         self._check_model_arguments()
         try:  # the final save replaces the whole folder: refuse now what it could not replace hours later
             check_replaceable(self.output_dir)

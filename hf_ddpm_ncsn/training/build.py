@@ -17,6 +17,7 @@ from diffusers.training_utils import EMAModel
 from ..data import check_images, infer_channels, load_image_dataset, make_dataloader
 from ..families import unet_config
 from .checkpoints import move_aside_other_lineages, new_lineage
+from .conditioning import dataset_class_names
 from .processes import on_main_process
 from .resume import ResumePoint, argument_defaults, check_resumable, resolve_resume_checkpoint, restore, run_record
 
@@ -56,6 +57,7 @@ class TrainingRun:
     images_seen: int = 0
     first_batch_digest: str | None = None
     timestep_sampler: LossSecondMomentSampler | None = None  # None: the loss draws timesteps uniformly itself
+    class_names: list[str] | None = None  # the classes of a --class_conditional run
 
     @property
     def num_epochs(self) -> int:
@@ -72,6 +74,9 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     base_unet_config = unet_config(args)
 
     dataset, channels, dataloader = load_data(args)  # a bad path, column or image stops the run here
+    class_names = dataset_class_names(dataset) if args.class_conditional else None
+    if class_names is not None:  # the last embedding is the null class of classifier-free guidance
+        base_unet_config = {**base_unet_config, "num_class_embeds": len(class_names) + 1}
 
     set_seed(args.seed)  # the same initial weights on every process
     scheduler = family.build_scheduler(training_images(family, dataloader))
@@ -106,6 +111,7 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     run = TrainingRun(
         args, family, accelerator, dataloader, scheduler, unet, ema, optimizer, lr_scheduler, record, lineage,
         steps_per_epoch, max_train_steps, global_step, last_loss, timestep_sampler=timestep_sampler,
+        class_names=class_names,
     )  # fmt: skip
     _start_trackers(run)
     _log_start(run, len(dataset), channels)

@@ -67,6 +67,8 @@ RUN_DEFINING_ARGUMENTS = (
     "loss_type",
     "vlb_weight",
     "timestep_sampler",
+    "class_conditional",
+    "class_dropout_prob",
 )
 # Arguments that only say where things go or which checkpoint to start from: not worth a log line when they change.
 _LOCATION_ARGUMENTS = ("output_dir", "resume_from_checkpoint", "cache_dir", "model_config_name_or_path")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from ..progress import tqdm_kwargs
 from .build import TrainingRun, build_run
 from .checkpoints import list_checkpoints
+from .conditioning import conditional_model, drop_labels
 from .process_report import digest, process_report_enabled, write_process_report
 from .processes import build_accelerator, on_main_process
 from .saving import finish, prepare_output_dir, preview, save_checkpoint
@@ -91,7 +93,9 @@ def train(args: TrainingArguments, family: Family) -> TrainingSummary:
 
     summary = _summary(run, wall)
     if accelerator.is_main_process:
-        summary.pushed_to = finish(accelerator, args, family, run.unet, run.ema, run.scheduler, summary)
+        summary.pushed_to = finish(
+            accelerator, args, family, run.unet, run.ema, run.scheduler, summary, run.class_names
+        )
     accelerator.end_training()
     return summary
 
@@ -110,7 +114,7 @@ def _run_epochs(run: TrainingRun, progress: tqdm) -> None:
             batches = accelerator.skip_first_batches(run.dataloader, skip)
         run.unet.train()
         for batch in batches:
-            losses = _optimisation_step(run, batch["pixel_values"])
+            losses = _optimisation_step(run, batch["pixel_values"], batch.get("label"))
             if not accelerator.sync_gradients:
                 continue  # a batch accumulated into the next step
             _end_step(run, losses, progress)
@@ -118,8 +122,9 @@ def _run_epochs(run: TrainingRun, progress: tqdm) -> None:
                 break
 
 
-def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward and backward on one batch; the optimizer steps once the accumulation is complete.
+def _optimisation_step(run: TrainingRun, x0: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Forward and backward on one batch (with its labels, read by a class-conditional run); the optimizer steps
+    once the accumulation is complete.
 
     Returns:
         `dict`: the batch loss (`"loss"`) and, for a loss of several parts (the hybrid one), each part's batch mean,
@@ -129,7 +134,7 @@ def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> dict[str, torch.Te
     if run.first_batch_digest is None and process_report_enabled():
         run.first_batch_digest = digest([x0])
     with accelerator.accumulate(unet):
-        terms = _loss_terms(run, x0)
+        terms = _loss_terms(run, x0, _model(run, labels))
         loss = terms.mean()
         accelerator.backward(loss)
         if accelerator.sync_gradients and run.args.max_grad_norm > 0:
@@ -143,16 +148,24 @@ def _optimisation_step(run: TrainingRun, x0: torch.Tensor) -> dict[str, torch.Te
     return {"loss": loss.detach(), **{f"loss_{name}": part.detach().mean() for name, part in terms.parts.items()}}
 
 
-def _loss_terms(run: TrainingRun, x0: torch.Tensor) -> LossTerms:
+def _model(run: TrainingRun, labels: torch.Tensor | None) -> Callable:
+    """What the loss calls: the UNet, or for a class-conditional run the UNet given the batch's labels with the
+    null class substituted at `--class_dropout_prob`."""
+    if run.class_names is None:
+        return run.unet
+    return conditional_model(run.unet, drop_labels(labels, len(run.class_names), run.args.class_dropout_prob))
+
+
+def _loss_terms(run: TrainingRun, x0: torch.Tensor, model: Callable) -> LossTerms:
     """The batch's per-sample loss terms: the family's own (uniform timesteps), or, with an importance sampler, the
     terms at the sampler's timesteps weighted by 1 / (T p_t), after every process's unweighted losses have entered
     the sampler's history."""
     sampler = run.timestep_sampler
     if sampler is None:
-        return run.family.loss_terms(run.unet, run.scheduler, x0)
+        return run.family.loss_terms(model, run.scheduler, x0)
     was_warm = sampler.warm
     timesteps, weights = sampler.sample(len(x0), x0.device)
-    terms = run.family.loss_terms(run.unet, run.scheduler, x0, timesteps=timesteps)
+    terms = run.family.loss_terms(model, run.scheduler, x0, timesteps=timesteps)
     sampler.update(*gather_losses(run.accelerator, timesteps, terms.loss))
     if sampler.warm and not was_warm:
         logger.info(
@@ -178,7 +191,7 @@ def _end_step(run: TrainingRun, losses: dict[str, torch.Tensor], progress: tqdm)
         state = {**run.record, "run_id": run.lineage[-1][0], "lineage": run.lineage, "last_loss": mean_loss}
         save_checkpoint(run.accelerator, args.output_dir, step, args.checkpoints_total_limit, state)
     if args.save_images_steps and step % args.save_images_steps == 0:
-        preview(run.accelerator, run.family, run.unet, run.ema, run.scheduler, args, step)
+        preview(run.accelerator, run.family, run.unet, run.ema, run.scheduler, args, step, run.class_names)
 
 
 def _mean_losses(run: TrainingRun, losses: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -14,7 +14,8 @@ from ..sharing.model_cards import render_model_card
 
 def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) -> None:
     """(Re)write `<output_dir>/README.md` (atomically) from what a finished run left there: the pipeline's
-    configs, training_args.json, metrics.json, samples.png and, when an evaluation has run since, eval/report.json.
+    configs (model_index.json's class names included), training_args.json, metrics.json, samples.png and, when an
+    evaluation has run since, eval/report.json.
 
     Args:
         output_dir (`str` or `os.PathLike`): the training output folder.
@@ -44,5 +45,6 @@ def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None) 
         training=training or None,
         eval_results=read("eval", "report.json").get("model_card_metrics"),
         sample_grid="samples.png" if (folder / "samples.png").is_file() else None,
+        class_names=read("model_index.json").get("class_names"),
     )
     atomic_write_text(folder / "README.md", str(card))

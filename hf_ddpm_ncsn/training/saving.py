@@ -78,11 +78,19 @@ def with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UN
     return model.eval()
 
 
-def _grid_pipeline(family: Family, model: UNet2DModel, scheduler, show_progress: bool):
+def _grid_pipeline(family: Family, model: UNet2DModel, scheduler, show_progress: bool, class_names: list[str] | None):
     """A pipeline to sample grids from, on a copy of the scheduler (sampling sets its timesteps)."""
-    pipeline = family.pipeline(model, type(scheduler).from_config(scheduler.config))
+    pipeline = family.pipeline(model, type(scheduler).from_config(scheduler.config), class_names)
     pipeline.set_progress_bar_config(**(tqdm_kwargs() if show_progress else {"disable": True}))
     return pipeline
+
+
+def grid_kwargs(family: Family, class_names: list[str] | None, num_images: int) -> dict[str, Any]:
+    """Sampling arguments of a grid: the family's, and for a class-conditional model the classes in turn."""
+    kwargs = family.sample_kwargs()
+    if class_names is not None:
+        kwargs["class_labels"] = [i % len(class_names) for i in range(num_images)]
+    return kwargs
 
 
 def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
@@ -100,13 +108,16 @@ def preview(
     scheduler,
     args: TrainingArguments,
     step: int,
+    class_names: list[str] | None = None,
 ) -> None:
     """Save (and log) a grid of samples from the EMA weights as `previews/step-<step>.png` (main process)."""
 
     def draw() -> None:
         # no bar of its own: it would break the training bar's line for a few seconds' work
-        pipeline = _grid_pipeline(family, with_ema_weights(accelerator, unet, ema), scheduler, show_progress=False)
-        grid = pipeline.sample_grid(args.num_preview_images, seed=0, **family.sample_kwargs())
+        model = with_ema_weights(accelerator, unet, ema)
+        pipeline = _grid_pipeline(family, model, scheduler, show_progress=False, class_names=class_names)
+        n = args.num_preview_images
+        grid = pipeline.sample_grid(n, seed=0, **grid_kwargs(family, class_names, n))
         folder = Path(args.output_dir) / "previews"
         folder.mkdir(exist_ok=True)
         grid.save(folder / f"step-{step}.png")
@@ -123,6 +134,7 @@ def finish(
     ema: EMAModel | None,
     scheduler,
     summary: TrainingSummary,
+    class_names: list[str] | None = None,
 ) -> str | None:
     """Publish the EMA pipeline with its samples, metrics, arguments and model card in one switch of the output
     folder (its checkpoints and logs carried over); push when asked. Main process only.
@@ -131,7 +143,7 @@ def finish(
         `str` or `None`: the URL of the pushed commit, when `--push_to_hub`.
     """
     model = with_ema_weights(accelerator, unet, ema)
-    pipeline = family.pipeline(model, scheduler)
+    pipeline = family.pipeline(model, scheduler, class_names)
     grid, grid_error = None, None
     # the previous grid shows the model being replaced: never carried over, even when drawing the new one fails
     with atomic_directory(args.output_dir, drop=("samples.png",)) as staging:
@@ -140,8 +152,9 @@ def finish(
         (staging / "metrics.json").write_text(dumps(metrics, indent=2))
         (staging / "training_args.json").write_text(dumps(public_arguments(args, family), indent=2))
         try:
-            grid_pipeline = _grid_pipeline(family, model, scheduler, show_progress=True)
-            grid = grid_pipeline.sample_grid(args.num_preview_images, seed=args.seed, **family.sample_kwargs())
+            grid_pipeline = _grid_pipeline(family, model, scheduler, show_progress=True, class_names=class_names)
+            n = args.num_preview_images
+            grid = grid_pipeline.sample_grid(n, seed=args.seed, **grid_kwargs(family, class_names, n))
             grid.save(staging / "samples.png")
         except Exception as err:  # noqa: BLE001 (a failure while sampling the grid must not lose the model)
             grid_error = err
