@@ -53,11 +53,16 @@ def _init(self, *, fourier_feature_exponents: Sequence[int] = DEFAULT_FOURIER_EX
             "center_input_sample=True is not supported by FourierFeaturesUNet2DModel: its features are of the "
             "sample as given; centre the data instead"
         )
+    skip_blocks = [b for b in (*unet_kwargs.get("down_block_types", ()), *unet_kwargs.get("up_block_types", ()))
+                   if "Skip" in b]  # fmt: skip
+    if skip_blocks:
+        raise ValueError(
+            f"FourierFeaturesUNet2DModel does not support the skip blocks {skip_blocks} (UNet2DModel hands them "
+            "the network's input, here the image with its features); use the other down/up block types"
+        )
     UNet2DModel.__init__(self, **unet_kwargs)
     channels = self.config.in_channels * (1 + 2 * len(exponents))
     self.conv_in = nn.Conv2d(channels, self.conv_in.out_channels, kernel_size=3, padding=(1, 1))
-    frequencies = torch.tensor([math.pi * 2.0**n for n in exponents], dtype=torch.float32)
-    self.register_buffer("fourier_frequencies", frequencies, persistent=False)
 
 
 # diffusers reads a model's config keys from its __init__ signature: publish UNet2DModel's arguments beside ours
@@ -93,7 +98,10 @@ class FourierFeaturesUNet2DModel(UNet2DModel):
     def input_features(self, sample: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C (1 + 2K), H, W): the sample, then the K sines and the K cosines of each channel.
         The angles are formed in float32 (2^n π x loses its phase in half precision)."""
-        angles = sample.float().unsqueeze(2) * self.fourier_frequencies.float().view(1, 1, -1, 1, 1)
+        # from the config, not a buffer: `.half()` would round a buffer's 2^n pi (2^8 pi to 804.0, not 804.25)
+        exponents = self.config.fourier_feature_exponents
+        frequencies = torch.tensor([math.pi * 2.0**n for n in exponents], dtype=torch.float32, device=sample.device)
+        angles = sample.float().unsqueeze(2) * frequencies.view(1, 1, -1, 1, 1)
         features = torch.cat([torch.sin(angles).flatten(1, 2), torch.cos(angles).flatten(1, 2)], dim=1)
         return torch.cat([sample, features.to(sample.dtype)], dim=1)
 

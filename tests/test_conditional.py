@@ -6,6 +6,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -201,6 +202,24 @@ def test_labels_and_guidance_reach_the_predictor_corrector_and_ode_samplers(make
     pipe(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, sampler=sampler, num_inference_steps=3,
          output_type="pt")  # fmt: skip
     assert seen and all(labels == [0, 2, 3, 3] for labels in seen)
+
+
+def test_the_ode_likelihood_of_a_conditional_model_scores_its_null_class():
+    pipe, seen = conditional_ddpm(), []
+    pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["class_labels"].tolist()), with_kwargs=True
+    )
+    images = torch.randint(0, 256, (2, 1, 8, 8), generator=seeded(0), dtype=torch.uint8)
+    out = pipe.ode_likelihood(images, generator=seeded(1), method="euler", num_steps=2)
+    assert torch.isfinite(out.bits_per_dim).all() and seen and all(set(labels) == {3} for labels in seen)
+
+
+def test_numpy_integer_labels_are_accepted_and_a_float_label_is_named():
+    pipe = conditional_ddpm()
+    pipe.check_inputs(batch_size=2, class_labels=np.int64(1))
+    pipe.check_inputs(batch_size=2, class_labels=np.arange(2))
+    with pytest.raises(ValueError, match="class_labels must be an int"):
+        pipe.check_inputs(batch_size=2, class_labels=3.0)
 
 
 # --- bad inputs, refused before any UNet call --------------------------------------------------------------------

@@ -74,6 +74,23 @@ def test_half_precision_forms_the_angles_in_float32():
     assert torch.equal(half[:, 1:], model.input_features(x.half().float())[:, 1:].half())
 
 
+def test_a_half_precision_model_keeps_the_exact_frequencies():
+    # a float16 buffer would hold 2^5 pi = 100.53 as 100.5: an error of 0.03 rad per unit of x
+    x = torch.linspace(-1, 1, 64).view(1, 1, 8, 8).half()
+    expected = tiny_fourier_unet().input_features(x.float()).half()
+    assert torch.equal(tiny_fourier_unet().half().input_features(x), expected)
+
+
+def test_skip_blocks_are_refused():
+    with pytest.raises(ValueError, match="skip blocks"):
+        FourierFeaturesUNet2DModel(
+            sample_size=8,
+            block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "SkipDownBlock2D"),
+            up_block_types=("SkipUpBlock2D", "UpBlock2D"),
+        )
+
+
 def test_save_and_reload_keep_the_exponents_and_the_weights(tmp_path):
     model = tiny_fourier_unet()
     model.save_pretrained(tmp_path)

@@ -10,8 +10,10 @@ of the guided eps is s_u + w (s_c - s_u), and NCSN's score outputs are combined 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 ClassLabels = int | Sequence[int] | torch.Tensor
@@ -74,10 +76,13 @@ def prepare_class_labels(
             raise ValueError(f"class_labels must be a (batch_size,) tensor, got shape {tuple(class_labels.shape)}")
         labels = labels.to(dtype=torch.long)
     else:
-        items = [class_labels] if isinstance(class_labels, int) else list(class_labels)
-        if not all(isinstance(c, int) and not isinstance(c, bool) for c in items):
+        single = isinstance(class_labels, numbers.Integral)
+        if not single and not isinstance(class_labels, (list, tuple, range, np.ndarray)):
             raise ValueError(f"class_labels must be an int, a list of ints or an integer tensor, got {class_labels!r}")
-        labels = torch.tensor(items, dtype=torch.long)
+        items = [class_labels] if single else list(class_labels)
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, (bool, np.bool_)) for c in items):
+            raise ValueError(f"class_labels must be an int, a list of ints or an integer tensor, got {class_labels!r}")
+        labels = torch.tensor([int(c) for c in items], dtype=torch.long)
     if len(labels) == 1:
         labels = labels.expand(batch_size)
     if len(labels) != batch_size:

@@ -513,11 +513,12 @@ class ShareablePipeline(DiffusionPipeline):
             num_steps (`int`, *optional*): steps of a fixed-step method.
             dequantize (`bool`, defaults to `True`): `False` gives the continuous density at the images.
         """
-        # the ODE's state and its integral stay float32 even for a half-precision UNet: only its calls are cast
+        # the ODE's state and its integral stay float32 even for a half-precision UNet: only its calls are cast;
+        # a class-conditional UNet is scored on its null class, as the ELBO is
         x0 = self._likelihood_inputs(images, generator, batch_size, dtype=torch.float32)
         dtype = self.unet.dtype
         return ode_bpd(
-            lambda x, timestep: self.unet(x.to(dtype), timestep).sample.to(x.dtype),
+            lambda x, timestep: self._unet_output(x.to(dtype), timestep, None, 1.0).to(x.dtype),
             self.scheduler,
             x0,
             time_embedding_type=self.unet.config.time_embedding_type,
