@@ -324,7 +324,7 @@ class ShareablePipeline(DiffusionPipeline):
     def _step_callback(
         self, callback_on_step_end: Callable | None, callback_on_step_end_tensor_inputs: list[str]
     ) -> StepCallback | None:
-        """`callback_on_step_end` as the inpainting loops call it: (step index, timestep, sample) -> sample."""
+        """`callback_on_step_end` as the sampling loops call it: (step index, timestep, sample) -> sample."""
         if callback_on_step_end is None:
             return None
 
@@ -552,12 +552,11 @@ class ShareablePipeline(DiffusionPipeline):
         """Run the scheduler's `step` over its timesteps with a progress bar and callbacks; `model` is the
         (sample, timestep) -> output callable (default: `model_output`)."""
         model = model or self.model_output
+        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             sample = self.scheduler.step(model(sample, t), t, sample, generator=generator).prev_sample
-            if callback_on_step_end is not None:
-                tensors = {"sample": sample}
-                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                sample = outputs.pop("sample", sample)
+            if callback is not None:
+                sample = callback(i, t, sample)
         return sample
 
     def _to_output(self, sample: torch.Tensor, output_type: str, known: KnownPixels | None = None):
