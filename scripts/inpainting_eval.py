@@ -26,6 +26,10 @@ from hf_ddpm_ncsn.evaluation.inpainting import (
 from hf_ddpm_ncsn.evaluation.loading import load_pipeline
 
 
+def _guidance_name(scale: float) -> str:
+    return "" if scale == 0 else f", reconstruction guidance w={scale:g}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ncsn", help="a saved NCSNPipeline folder")
@@ -36,6 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ddpm_jump_n_sample", type=int, nargs="*", default=[1], help="RePaint settings to run")
     parser.add_argument("--ddpm_jump_length", type=int, default=10)
+    parser.add_argument(
+        "--reconstruction_guidance_scales",
+        type=float,
+        nargs="*",
+        default=[0.0],
+        help="reconstruction guidance weights to run with every setting above (0 = plain replacement)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -58,36 +69,51 @@ def main(argv: list[str] | None = None) -> None:
             0.0,
         ),
     ]
-    if args.ncsn:
-        pipe = load_pipeline(args.ncsn)
-        pipe.set_progress_bar_config(disable=True)
-        for steps in args.ncsn_num_langevin_steps:
-            name = "NCSN, replacement" + ("" if steps is None else f", {steps} Langevin steps per level")
-            rows.append(
-                score_inpainting(name, pipe, classifier, images, labels, mask, args.seed, num_langevin_steps=steps)
-            )
-    if args.ddpm:
-        pipe = load_pipeline(args.ddpm)
-        pipe.set_progress_bar_config(disable=True)
-        for n in args.ddpm_jump_n_sample:
-            name = (
-                "DDPM, replacement"
-                if n == 1
-                else f"DDPM, RePaint jump_length={args.ddpm_jump_length} jump_n_sample={n}"
-            )
-            rows.append(
-                score_inpainting(
-                    name,
-                    pipe,
-                    classifier,
-                    images,
-                    labels,
-                    mask,
-                    args.seed,
-                    jump_length=args.ddpm_jump_length,
-                    jump_n_sample=n,
+    # (folder, [(row name, sampling arguments)]): every setting once with each guidance weight
+    runs = [
+        (
+            args.ncsn,
+            [
+                (
+                    "NCSN, replacement" + ("" if n is None else f", {n} Langevin steps per level"),
+                    {"num_langevin_steps": n},
                 )
-            )
+                for n in args.ncsn_num_langevin_steps
+            ],
+        ),
+        (
+            args.ddpm,
+            [
+                (
+                    "DDPM, replacement"
+                    if n == 1
+                    else f"DDPM, RePaint jump_length={args.ddpm_jump_length} jump_n_sample={n}",
+                    {"jump_length": args.ddpm_jump_length, "jump_n_sample": n},
+                )
+                for n in args.ddpm_jump_n_sample
+            ],
+        ),
+    ]
+    for folder, settings in runs:
+        if not folder:
+            continue
+        pipe = load_pipeline(folder)
+        pipe.set_progress_bar_config(disable=True)
+        for name, kwargs in settings:
+            for w in args.reconstruction_guidance_scales:
+                rows.append(
+                    score_inpainting(
+                        name + _guidance_name(w),
+                        pipe,
+                        classifier,
+                        images,
+                        labels,
+                        mask,
+                        args.seed,
+                        reconstruction_guidance_scale=w,
+                        **kwargs,
+                    )
+                )
     print(
         f"{len(images)} held-out digits, bottom half masked; classifier held-out accuracy "
         f"{classifier.info.get('held_out_accuracy', float('nan')):.1%}"

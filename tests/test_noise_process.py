@@ -56,7 +56,8 @@ def test_gather_is_a_float_for_one_level_and_broadcasts_per_sample():
 @pytest.mark.parametrize("process_name", ["ve", "vp"])
 def test_exact_gaussian_score_gives_the_exact_posterior_mean(process_name):
     """Tweedie's formula through every prediction type: a network predicting the exact score (or the eps, x_0, v
-    it implies) of Gaussian data recovers E[x_0 | x_t] in closed form, and the score from each of them."""
+    it implies) of Gaussian data recovers E[x_0 | x_t] in closed form, and the score from each of them; `from_score`
+    gives each output back from the score."""
     scheduler = _schedulers()[process_name]
     process = scheduler.noise_process
     g = torch.Generator().manual_seed(0)
@@ -76,6 +77,9 @@ def test_exact_gaussian_score_gives_the_exact_posterior_mean(process_name):
                                    atol=1e-12)  # fmt: skip
         torch.testing.assert_close(process.to_score(output, prediction_type, x_t, t), score, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(process.to_epsilon(output, prediction_type, x_t, t), -sigma * score, rtol=1e-10,
+                                   atol=1e-12)  # fmt: skip
+        # and back: the output that implies the score (what reconstruction guidance hands the scheduler)
+        torch.testing.assert_close(process.from_score(score, prediction_type, x_t, t), output, rtol=1e-10,
                                    atol=1e-12)  # fmt: skip
 
 

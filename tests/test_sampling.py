@@ -33,10 +33,12 @@ from hf_ddpm_ncsn.evaluation.arguments import parse_evaluation_arguments
 from hf_ddpm_ncsn.sampling import (
     annealed_langevin_sample,
     ode_encode,
+    ode_langevin_sample,
     ode_sample,
     predictor_corrector_sample,
     solve_probability_flow,
 )
+from hf_ddpm_ncsn.sampling.probability_flow import logsnr_times
 
 S2 = 0.25  # data variance s^2
 N, SHAPE = 2000, (1, 8, 8)  # samples and image shape of the moment checks: N D = 128,000
@@ -116,6 +118,55 @@ def test_first_order_steps_converge_at_first_order(method):
         )
         errors.append(abs(x_0.mean().item() / scale - 1))
     assert 0.4 < errors[1] / errors[0] < 0.65 and 0.4 < errors[2] / errors[1] < 0.65, errors
+
+
+@pytest.mark.parametrize("family", ["ve", "vp"])
+def test_heun_step_converges_at_second_order(family):
+    """Heun in sigma / alpha: doubling the steps divides the error of the exact map by about 4 (measured 0.23-0.26),
+    with two evaluations per step; a corrector evaluated at the wrong end, or averaged with the wrong weights, is
+    first order (ratio 0.5) or does not converge."""
+    process = _ve() if family == "ve" else _vp()
+    t_end = process.num_levels - 1
+    x_T = torch.ones(1, *SHAPE, dtype=torch.float64)
+    scale = math.sqrt(_variance(process, 0) / _variance(process, t_end))
+    errors = []
+    for steps in (19, 38, 76):
+        x_0, nfe = solve_probability_flow(
+            _exact_score(process), process, x_T, np.linspace(t_end, 0, steps + 1), method="heun"
+        )
+        assert nfe == 2 * steps
+        errors.append(abs(x_0.mean().item() / scale - 1))
+    assert 0.18 < errors[1] / errors[0] < 0.3 and 0.18 < errors[2] / errors[1] < 0.3, errors
+
+
+def test_logsnr_times_are_uniform_in_log_snr():
+    """VP: lambda = log(alpha / sigma) of the continuous extension at the times is an arithmetic sequence (to the
+    bisection's 1e-9 of a time unit); VE: lambda = -log sigma, so the times are the geometric levels themselves."""
+    vp = _vp()
+    times = logsnr_times(vp, [99.0, 50.0, 20.0, 0.0])
+    assert times[0] == 99.0 and times[-1] == 0.0 and times == sorted(times, reverse=True)
+    lambdas = [math.log(a / s) for a, s in (vp.marginal(t) for t in times)]
+    np.testing.assert_allclose(np.diff(lambdas), (lambdas[-1] - lambdas[0]) / 3, rtol=1e-6)
+    assert abs(times[1] - 50.0) > 1  # not the levels given
+    ve = _ve()  # 20 geometric levels: uniform in log sigma is every level
+    np.testing.assert_allclose(logsnr_times(ve, np.linspace(19, 0, 20)), np.arange(19, -1, -1), atol=1e-8)
+    ascending = logsnr_times(vp, [0.0, 50.0, 99.0])  # encoding goes up
+    assert ascending[0] == 0.0 and ascending[-1] == 99.0 and 0 < ascending[1] < 99
+
+
+def test_the_ode_sampler_on_the_logsnr_grid_calls_the_unet_there():
+    pipe = _ddpm()
+    seen = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, t, *a, **k: seen.append(float(t.reshape(-1)[0])) or forward(x, t, *a, **k)
+    pipe(batch_size=1, output_type="pt", sampler="ode", num_inference_steps=4, ode_time_spacing="logsnr")
+    # the leading timesteps are 15, 10, 5, 0; the grid starts where the prior holds, at T - 1 = 19
+    expected = logsnr_times(pipe.scheduler.noise_process, [19.0, 10.0, 5.0, 0.0])
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)  # 3 DDIM steps then the denoise at the last time
+    with pytest.raises(ValueError, match="ode_time_spacing='karras' is not supported; accepted values"):
+        pipe(batch_size=1, sampler="ode", ode_time_spacing="karras")
+    with pytest.raises(ValueError, match="ode_time_spacing='logsnr' applies to sampler='ode'"):
+        pipe(batch_size=1, sampler="pc", ode_time_spacing="logsnr")
 
 
 @pytest.mark.parametrize("family", ["ve", "vp"])
@@ -250,13 +301,96 @@ def test_encoding_and_decoding_with_the_ode_returns_the_image(make, tolerance):
     torch.testing.assert_close(decoded, image, rtol=0, atol=tolerance)
 
 
+def _ncsn_sigma_max_2():
+    pipe = tiny_ncsn()
+    config = {**pipe.scheduler.config, "sigma_max": 2.0}
+    pipe.scheduler = NCSNScheduler.from_config(config)
+    return pipe
+
+
+@pytest.mark.parametrize("make", [_ncsn_sigma_max_2, _ddpm])
+def test_pipeline_encode_and_decode_with_latents_returns_the_image(make):
+    """`pipe.encode` and `pipe(latents=..., sampler="ode")` with the same arguments: in float64 with dopri5 at
+    1e-9 the decode returns the image up to the final Tweedie denoise the sampler applies at the last level, which
+    this test adds by its formula x + sigma^2 s / alpha (measured error 1e-7). An encode on other levels than the
+    decode's, latents not divided by init_noise_sigma (the NCSN's sigma_max = 2), or an encode
+    that ran the solve downwards would leave errors of order 0.1."""
+    pipe = make()
+    pipe.unet.double()
+    options = {"num_inference_steps": 3, "ode_method": "dopri5", "ode_rtol": 1e-9, "ode_atol": 1e-9}
+    image = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64) - 0.5
+    latents = pipe.encode(image, **options)
+    assert latents.shape == image.shape and (latents - image).abs().max() > 0.1
+    decoded = pipe(batch_size=2, latents=latents, sampler="ode", output_type="pt", **options).images
+    t_last = pipe._sampler_levels(options["num_inference_steps"])[-1]
+    with torch.no_grad():
+        denoised = image + pipe.scheduler.noise_process.sigma(t_last) ** 2 * pipe.model_score(image, t_last)
+    denoised = denoised / pipe.scheduler.noise_process.alpha(t_last)
+    torch.testing.assert_close(decoded, (denoised / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_encode_solves_upwards_on_the_samplers_times():
+    """`encode` is `sampling.ode_encode` on the times `sampler="ode"` uses (here the log-SNR grid), bit for bit."""
+    pipe = _ddpm()
+    image = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    latents = pipe.encode(image, num_inference_steps=5, ode_method="rk4", ode_time_spacing="logsnr")
+    times = logsnr_times(pipe.scheduler.noise_process, [19.0, *map(float, pipe._sampler_levels(5)[1:])])
+    with torch.no_grad():
+        expected, _ = ode_encode(pipe.model_score, pipe.scheduler.noise_process, image, times, method="rk4")
+    assert torch.equal(latents, expected / pipe.scheduler.init_noise_sigma)
+
+
+@pytest.mark.parametrize("family", ["ncsn", "ddpm"])
+def test_latents_are_the_initial_noise_in_units_of_init_noise_sigma(family):
+    """diffusers' convention: `latents=` z starts the chain at init_noise_sigma z, so the draw a generator would
+    make, passed as latents, gives the same images bit for bit (default sampler and ODE)."""
+    pipe = _pipe(family)
+    for kwargs in ({}, {"sampler": "ode"}):
+        seeded = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images
+        noise = randn_tensor((2, *SHAPE), generator=torch.Generator().manual_seed(0))
+        # a chain with noise left to draw (Langevin, ancestral) draws it after the initial noise: same generator state
+        generator = torch.Generator().manual_seed(0)
+        randn_tensor((2, *SHAPE), generator=generator)
+        given = pipe(batch_size=2, latents=noise, generator=generator, output_type="pt", **kwargs).images
+        torch.testing.assert_close(given, seeded, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["ncsn", "ddpm"])
+@pytest.mark.parametrize(
+    ("latents", "message"),
+    [
+        (torch.zeros(3, 1, 8, 8), r"latents must have shape \(2, 1, 8, 8\)"),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.long), "latents must be a float torch.Tensor"),
+        (np.zeros((2, 1, 8, 8)), "latents must be a float torch.Tensor"),
+        (torch.full((2, 1, 8, 8), math.inf), "latents must be finite"),
+    ],
+)
+def test_bad_latents_are_named_before_any_unet_call(family, latents, message):
+    pipe = _pipe(family)
+    with pytest.raises(ValueError, match=message):
+        pipe.check_inputs(batch_size=2, latents=latents)
+    with pytest.raises(ValueError, match=message):
+        pipe(batch_size=2, latents=latents)
+
+
+def test_encode_refuses_bad_arguments():
+    pipe = _ddpm()
+    with pytest.raises(ValueError, match="image has shape"):
+        pipe.encode(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="ode_method='rk45' is not supported"):
+        pipe.encode(torch.zeros(2, 1, 8, 8), ode_method="rk45")
+
+
 SAMPLER_CALLS = [
     ("ncsn", {"sampler": "pc", "snr": 0.1, "num_corrector_steps": 2}),
     ("ncsn", {"sampler": "ode", "ode_method": "rk4"}),
+    ("ncsn", {"sampler": "ode", "ode_method": "heun"}),
     ("ncsn", {"sampler": "ode", "ode_method": "dopri5", "ode_rtol": 1e-3, "ode_atol": 1e-3}),
     ("ddpm", {"sampler": "pc", "num_inference_steps": 5}),
     ("ddpm", {"sampler": "langevin", "num_langevin_steps": 2, "num_inference_steps": 5}),
     ("ddpm", {"sampler": "ode", "num_inference_steps": 5}),
+    ("ncsn", {"sampler": "ode_langevin", "num_ode_steps": 2}),
+    ("ddpm", {"sampler": "ode_langevin", "num_inference_steps": 5, "num_ode_steps": 2}),
 ]
 
 
@@ -292,6 +426,63 @@ def test_the_default_sampler_is_the_schedulers_chain_bit_for_bit(family):
     assert torch.equal(images, (x / 2 + 0.5).clamp(0, 1))
 
 
+def test_ode_then_langevin_follows_the_exact_variance_recursion():
+    """Heun's step is linear for Gaussian data, x' = c x with c = 1 + h/2 (sigma / v + sigma' / v' (1 + h sigma / v))
+    (h = sigma' - sigma, v = s^2 + sigma^2 under VE), and each Langevin update then follows the recursion above: a
+    Heun step with the wrong end evaluated, the Langevin part restarting at the top level or eta relative to another
+    sigma misses it."""
+    process = _ve()
+    levels, num_ode_steps, num_steps, step_size = [19, 15, 11, 6, 3, 0], 3, 3, 0.02
+    x, generator = _prior(process, 19)
+    out = ode_langevin_sample(
+        _exact_score(process),
+        process,
+        x,
+        levels,
+        num_ode_steps=num_ode_steps,
+        num_steps=num_steps,
+        step_size=step_size,
+        generator=generator,
+    )
+    var = _variance(process, 19)
+    for t, t_next in zip(levels[:num_ode_steps], levels[1 : num_ode_steps + 1], strict=True):
+        sigma, sigma_next = process.marginal(t)[1], process.marginal(t_next)[1]
+        h, v, v_next = sigma_next - sigma, _variance(process, t), _variance(process, t_next)
+        var *= (1 + h / 2 * (sigma / v + sigma_next / v_next * (1 + h * sigma / v))) ** 2
+    sigma_min = process.marginal(0)[1]
+    for t in levels[num_ode_steps:]:
+        eta = step_size * (process.marginal(t)[1] / sigma_min) ** 2
+        for _ in range(num_steps):
+            var = (1 - eta / (2 * _variance(process, t))) ** 2 * var + eta
+    _assert_second_moment(out, _denoise_gain(process, 0) ** 2 * var)
+
+
+def test_ode_langevin_with_no_ode_step_is_annealed_langevin():
+    process = _vp()
+    levels = [99, 50, 20]
+    outs = []
+    for sampler in (annealed_langevin_sample, ode_langevin_sample):
+        x, generator = _prior(process, 99)
+        extra = {"num_ode_steps": 0} if sampler is ode_langevin_sample else {}
+        outs.append(sampler(_exact_score(process), process, x, levels, num_steps=2, step_size=0.01,
+                            generator=generator, **extra))  # fmt: skip
+    assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("family", ["ncsn", "ddpm"])
+def test_the_ode_langevin_sampler_calls_the_unet_at_each_level_in_order(family):
+    """Two calls per ODE step (at both ends), then num_langevin_steps per remaining level and the denoise."""
+    pipe = _pipe(family)
+    seen = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda x, t, *a, **k: seen.append(float(t.reshape(-1)[0])) or forward(x, t, *a, **k)
+    pipe(batch_size=1, output_type="pt", sampler="ode_langevin", num_inference_steps=4, num_ode_steps=2,
+         num_langevin_steps=2)  # fmt: skip
+    a, b, c, d = [3, 2, 1, 0] if family == "ncsn" else [15, 10, 5, 0]  # NCSN: all 4 levels; DDPM: leading
+    assert seen == [float(t) for t in [a, b, b, c, c, c, d, d, d]]
+    assert len(seen) == 2 * 2 + (4 - 2) * 2 + 1
+
+
 @pytest.mark.parametrize("family", ["ncsn", "ddpm"])
 def test_the_pc_sampler_calls_the_unet_at_each_level_in_order(family):
     pipe = _pipe(family)
@@ -314,6 +505,14 @@ BAD_CALLS = [
     ({"sampler": "ode", "ode_method": "dopri5", "ode_atol": 0.0}, "ode_atol must be"),
     ({"sampler": "pc", "ode_method": "rk4"}, "ode_method='rk4' applies to sampler='ode'"),
     ({"sampler": "pc", "callback_on_step_end": lambda *a: {}}, "sampler='pc' does not accept one"),
+    ({"sampler": "ode", "num_ode_steps": 1}, "num_ode_steps=1 applies to sampler='ode_langevin'"),
+    ({"sampler": "ode_langevin", "num_ode_steps": -1}, "num_ode_steps must be an integer >= 0"),
+    (
+        {"sampler": "ode_langevin", "num_inference_steps": 3, "num_ode_steps": 3},
+        "num_ode_steps must be an integer <= 2",
+    ),
+    ({"sampler": "ode_langevin", "step_size": 0.0}, "step_size must be"),
+    ({"sampler": "ode_langevin", "num_langevin_steps": 0}, "num_langevin_steps must be an integer >= 1"),
 ]
 
 
@@ -378,3 +577,11 @@ def test_evaluate_passes_the_sampler_arguments(tmp_path):
         ["--pipeline", str(tmp_path / "pipe"), "--sampler", "pc", "--snr", "0.1", "--num_corrector_steps", "2"]
     )
     assert arguments.sample_kwargs() == {"sampler": "pc", "snr": 0.1, "num_corrector_steps": 2}
+    arguments = parse_evaluation_arguments(
+        ["--pipeline", str(tmp_path / "pipe"), "--sampler", "ode_langevin", "--num_ode_steps", "2", "--step_size",
+         "1e-4", "--num_langevin_steps", "3"]
+    )  # fmt: skip
+    expected = {"sampler": "ode_langevin", "num_ode_steps": 2, "step_size": 1e-4, "num_langevin_steps": 3}
+    assert arguments.sample_kwargs() == expected
+    with pytest.raises((ValueError, SystemExit)):
+        parse_evaluation_arguments(["--pipeline", str(tmp_path / "pipe"), "--num_ode_steps", "-1"])

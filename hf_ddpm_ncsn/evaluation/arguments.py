@@ -25,6 +25,7 @@ _MINIMUMS = {
     "batch_size": 1,
     "num_inference_steps": 1,
     "num_langevin_steps": 1,
+    "num_ode_steps": 0,
     "ode_probes": 1,
 }
 
@@ -84,12 +85,19 @@ class EvaluationArguments:
     )
     sampler: str | None = _arg(
         None,
-        "The pipeline's sampler: NCSN langevin|pc|ode, DDPM ancestral|pc|langevin|ode (default: langevin / "
-        "ancestral).",
+        "The pipeline's sampler: NCSN langevin|pc|ode|ode_langevin, DDPM ancestral|pc|langevin|ode|ode_langevin "
+        "(default: langevin / ancestral).",
     )
     snr: float | None = _arg(None, "sampler pc only: the corrector's signal-to-noise ratio (default 0.16).")
     num_corrector_steps: int | None = _arg(None, "sampler pc only: Langevin corrector updates per level (default 1).")
-    ode_method: str | None = _arg(None, "sampler ode only: ddim|euler|midpoint|rk4|dopri5|bosh3|adaptive_heun.")
+    ode_method: str | None = _arg(None, "sampler ode only: ddim|heun|euler|midpoint|rk4|dopri5|bosh3|adaptive_heun.")
+    ode_time_spacing: str | None = _arg(None, "sampler ode only: levels (default) or logsnr (uniform in log-SNR).")
+    num_ode_steps: int | None = _arg(
+        None, "sampler ode_langevin only: Heun ODE steps over the noisiest levels before Langevin dynamics."
+    )
+    step_size: float | None = _arg(
+        None, "Langevin step eps (eta = eps sigma^2 / sigma_min^2): NCSN's chain, or --sampler langevin|ode_langevin."
+    )
 
     def __post_init__(self) -> None:
         # in the order of the old argparse checks: the pipeline is named first when several values are wrong
@@ -120,6 +128,9 @@ class EvaluationArguments:
             "snr": self.snr,
             "num_corrector_steps": self.num_corrector_steps,
             "ode_method": self.ode_method,
+            "num_ode_steps": self.num_ode_steps,
+            "ode_time_spacing": self.ode_time_spacing,
+            "step_size": self.step_size,
         }
         return {name: value for name, value in sampling.items() if value is not None}
 

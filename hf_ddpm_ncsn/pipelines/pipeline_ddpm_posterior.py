@@ -10,16 +10,21 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..likelihood import ELBOOutput, StratifiedELBOOutput, elbo_bpd, stratified_elbo_bpd, stratum_bounds
 from ..schedulers.scheduling_ddpm_posterior import DDPMPosteriorScheduler
-from ..schedulers.validation import check_positive_float, check_positive_int
 from ..sharing.folder_checks import pipeline_class_name
 from .guidance import ClassLabels, prepare_class_labels
-from .inpainting import check_resampling, ddpm_inpainting_loop
-from .sampler_arguments import MAX_LANGEVIN_STEPS, check_callback_supported, check_inpainting_sampler, sampler_options
+from .inpainting import check_reconstruction_guidance, check_resampling, ddpm_inpainting_loop, reconstruction_guided
+from .sampler_arguments import (
+    check_callback_supported,
+    check_inpainting_sampler,
+    fill_langevin_options,
+    sampler_options,
+)
 from .shareable_pipeline import ShareablePipeline
 
 #: `sampler=` values: ancestral sampling (the scheduler's chain), predictor-corrector ("DDPM + Langevin
-#: corrector"), annealed Langevin dynamics of the eps model (s = -eps / sigma_t), the probability-flow ODE.
-SAMPLERS = ("ancestral", "pc", "langevin", "ode")
+#: corrector"), annealed Langevin dynamics of the eps model (s = -eps / sigma_t), the probability-flow ODE, the
+#: ODE over the noisiest timesteps then annealed Langevin dynamics.
+SAMPLERS = ("ancestral", "pc", "langevin", "ode", "ode_langevin")
 #: `sampler="langevin"`'s defaults: one update per timestep, NCSNScheduler's step size.
 DEFAULT_LANGEVIN_STEPS = 1
 DEFAULT_LANGEVIN_STEP_SIZE = 4e-5
@@ -55,6 +60,11 @@ class DDPMPosteriorPipeline(ShareablePipeline):
     def _num_steps(self, num_inference_steps: int | None) -> int:
         return self.scheduler.config.num_train_timesteps if num_inference_steps is None else num_inference_steps
 
+    def _sampler_levels(self, num_inference_steps: int | None) -> list[int]:
+        """The respaced timesteps of `timestep_spacing`, noisiest first."""
+        self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=self._execution_device)
+        return self.scheduler.timesteps.tolist()
+
     def check_inputs(
         self,
         batch_size: int = 1,
@@ -77,11 +87,17 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         callback_on_step_end: Callable | None = None,
         class_labels: ClassLabels | None = None,
         guidance_scale: float = 1.0,
+        reconstruction_guidance_scale: float = 0.0,
+        latents: torch.Tensor | None = None,
+        num_ode_steps: int | None = None,
+        ode_time_spacing: str | None = None,
     ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`); return the sampler's checked options."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
+        check_reconstruction_guidance(reconstruction_guidance_scale, image)
+        self._check_latents(latents, batch_size)
         prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size)
         check_resampling(jump_length, jump_n_sample)
         check_inpainting_sampler(image, sampler, SAMPLERS[0])
@@ -95,15 +111,15 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             ode_method=ode_method,
             ode_rtol=ode_rtol,
             ode_atol=ode_atol,
+            num_ode_steps=num_ode_steps,
+            ode_time_spacing=ode_time_spacing,
         )
-        if sampler == "langevin":
-            steps = DEFAULT_LANGEVIN_STEPS if num_langevin_steps is None else num_langevin_steps
-            options["num_langevin_steps"] = check_positive_int("num_langevin_steps", steps, 1, MAX_LANGEVIN_STEPS)
-            step_size = DEFAULT_LANGEVIN_STEP_SIZE if step_size is None else step_size
-            options["step_size"] = check_positive_float("step_size", step_size)
         check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
         self._check_ode_embedding(sampler)
         self._check_timesteps(num_inference_steps=self._num_steps(num_inference_steps))
+        if sampler in ("langevin", "ode_langevin"):
+            num_levels = self._num_steps(num_inference_steps)
+            fill_langevin_options(options, num_levels, DEFAULT_LANGEVIN_STEPS, DEFAULT_LANGEVIN_STEP_SIZE)
         return options
 
     @torch.no_grad()
@@ -130,6 +146,10 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         ode_atol: float | None = None,
         class_labels: ClassLabels | None = None,
         guidance_scale: float = 1.0,
+        reconstruction_guidance_scale: float = 0.0,
+        latents: torch.Tensor | None = None,
+        num_ode_steps: int | None = None,
+        ode_time_spacing: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Draw samples by ancestral sampling (default), predictor-corrector, annealed Langevin dynamics or the
         probability-flow ODE, or inpaint `image` where `mask_image` is white (ancestral sampling).
@@ -159,16 +179,19 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 `hf_ddpm_ncsn.pipelines.inpainting.resampling_schedule`).
             sampler (`str`, defaults to `"ancestral"`): `"ancestral"` (the scheduler's chain), `"pc"`
                 (predictor-corrector: reverse-diffusion predictor, Langevin corrector), `"langevin"` (annealed
-                Langevin dynamics with the score -eps / sigma_t) or `"ode"` (deterministic, the probability-flow
-                ODE, then Tweedie's denoise); all visit the timesteps `num_inference_steps` lays out. See
-                `hf_ddpm_ncsn.sampling`.
+                Langevin dynamics with the score -eps / sigma_t), `"ode"` (deterministic, the probability-flow
+                ODE, then Tweedie's denoise) or `"ode_langevin"` (Heun's ODE step over the `num_ode_steps` noisiest
+                timesteps, then annealed Langevin dynamics); all visit the timesteps `num_inference_steps` lays
+                out. See `hf_ddpm_ncsn.sampling`.
             snr (`float`, *optional*, defaults to 0.16): `"pc"` only: the corrector's signal-to-noise ratio.
             num_corrector_steps (`int`, *optional*, defaults to 1): `"pc"` only: Langevin updates per timestep.
-            num_langevin_steps (`int`, *optional*, defaults to 1): `"langevin"` only: updates per timestep.
-            step_size (`float`, *optional*, defaults to 4e-5): `"langevin"` only: eps of eta_t = eps sigma_t^2 /
-                sigma_min^2 (sigma_min: the last timestep's).
+            num_langevin_steps (`int`, *optional*, defaults to 1): `"langevin"` / `"ode_langevin"` only: updates
+                per timestep.
+            step_size (`float`, *optional*, defaults to 4e-5): `"langevin"` / `"ode_langevin"` only: eps of eta_t
+                = eps sigma_t^2 / sigma_min^2 (sigma_min: the last timestep's).
             ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (DDIM with eta = 0,
-                one call per timestep), `"euler"`, `"midpoint"`, `"rk4"` on the timesteps, or the adaptive
+                one call per timestep), `"heun"` (Heun's second order in sigma / alpha, two calls per step),
+                `"euler"`, `"midpoint"`, `"rk4"` on the timesteps, or the adaptive
                 `"dopri5"`, `"bosh3"`, `"adaptive_heun"` between the first and the last.
             ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
                 the adaptive `ode_method`'s tolerances.
@@ -179,6 +202,19 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w >= 1 (Ho & Salimans 2022):
                 the output is out_u + w (out_c - out_u) of the null-class and the conditional calls, batched in one
                 UNet call; 1 is the conditional model alone, one call per step. Needs `class_labels`.
+            reconstruction_guidance_scale (`float`, defaults to 0.0): with `image`: w >= 0 of reconstruction
+                guidance, which adds w grad log N(y; x0_hat(x_t), r_t^2) of the known pixels y to the score at every
+                step, the gradient taken through the UNet (about three times the cost of a step); 0 is plain
+                replacement. See `hf_ddpm_ncsn.pipelines.inpainting.reconstruction_guided`.
+            latents (`torch.Tensor`, *optional*): (batch_size, C, H, W) standard-normal noise to start from instead
+                of a draw from `generator`, multiplied by `scheduler.init_noise_sigma` (diffusers' convention);
+                `pipe.encode(images)` gives the latents that `sampler="ode"` decodes back to the images.
+            num_ode_steps (`int`, *optional*): `"ode_langevin"` only: Heun steps of the probability-flow ODE down
+                the noisiest levels before annealed Langevin dynamics takes over (0 to levels - 1; default half the
+                intervals); `2 num_ode_steps + (levels - num_ode_steps) num_langevin_steps + 1` UNet calls.
+            ode_time_spacing (`str`, *optional*, defaults to `"levels"`): `"ode"` only: step on the levels laid out,
+                or `"logsnr"`: as many times from the noisiest training time to the last level, uniformly spaced
+                in log-SNR (DPM-Solver's grid; fractional times of the continuous extension).
         """
         options = self.check_inputs(
             batch_size,
@@ -201,14 +237,20 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             callback_on_step_end,
             class_labels,
             guidance_scale,
+            reconstruction_guidance_scale,
+            latents,
+            num_ode_steps,
+            ode_time_spacing,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
         labels = prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size, device)
         model = self.guided_model(labels, guidance_scale)
         self.scheduler.set_timesteps(self._num_steps(num_inference_steps), device=device)
-        sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+        sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma, latents)
         if known is not None:
+            if reconstruction_guidance_scale > 0:
+                model = reconstruction_guided(model, self.scheduler, known, reconstruction_guidance_scale)
             sample = ddpm_inpainting_loop(
                 model,
                 self.scheduler,
@@ -225,9 +267,8 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs, model
             )
         else:
-            sample = self._run_sampler(
-                sampler, options, self.scheduler.timesteps.tolist(), sample, generator, labels, guidance_scale
-            )
+            levels = self._sampler_levels(num_inference_steps)
+            sample = self._run_sampler(sampler, options, levels, sample, generator, labels, guidance_scale)
         images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -10,12 +10,18 @@ from diffusers import ImagePipelineOutput, UNet2DModel
 
 from ..schedulers.scheduling_ncsn import NCSNScheduler
 from .guidance import ClassLabels, prepare_class_labels
-from .inpainting import ncsn_inpainting_loop
-from .sampler_arguments import check_callback_supported, check_inpainting_sampler, sampler_options
+from .inpainting import check_reconstruction_guidance, ncsn_inpainting_loop, reconstruction_guided
+from .sampler_arguments import (
+    check_callback_supported,
+    check_inpainting_sampler,
+    fill_langevin_options,
+    sampler_options,
+)
 from .shareable_pipeline import ShareablePipeline
 
-#: `sampler=` values: annealed Langevin dynamics (the scheduler's chain), predictor-corrector, probability-flow ODE.
-SAMPLERS = ("langevin", "pc", "ode")
+#: `sampler=` values: annealed Langevin dynamics (the scheduler's chain), predictor-corrector, probability-flow ODE,
+#: the ODE over the noisiest levels then annealed Langevin dynamics.
+SAMPLERS = ("langevin", "pc", "ode", "ode_langevin")
 
 
 class NCSNPipeline(ShareablePipeline):
@@ -60,11 +66,17 @@ class NCSNPipeline(ShareablePipeline):
         callback_on_step_end: Callable | None = None,
         class_labels: ClassLabels | None = None,
         guidance_scale: float = 1.0,
+        reconstruction_guidance_scale: float = 0.0,
+        latents: torch.Tensor | None = None,
+        num_ode_steps: int | None = None,
+        ode_time_spacing: str | None = None,
     ) -> dict:
         """Raise a `ValueError` naming the argument for anything `__call__` would refuse, without sampling (the
         arguments are those of `__call__`); return the sampler's checked options."""
         self._check_call_arguments(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         self._known_pixels(image, mask_image, batch_size)
+        check_reconstruction_guidance(reconstruction_guidance_scale, image)
+        self._check_latents(latents, batch_size)
         check_inpainting_sampler(image, sampler, SAMPLERS[0])
         options = sampler_options(
             sampler,
@@ -76,6 +88,8 @@ class NCSNPipeline(ShareablePipeline):
             ode_method=ode_method,
             ode_rtol=ode_rtol,
             ode_atol=ode_atol,
+            num_ode_steps=num_ode_steps,
+            ode_time_spacing=ode_time_spacing,
         )
         check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
         self._check_ode_embedding(sampler)
@@ -83,7 +97,16 @@ class NCSNPipeline(ShareablePipeline):
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size
         )
+        if sampler == "ode_langevin":
+            num_levels = num_inference_steps or self.scheduler.config.num_train_timesteps
+            config = self.scheduler.config
+            fill_langevin_options(options, num_levels, config.num_langevin_steps, config.step_size)
         return options
+
+    def _sampler_levels(self, num_inference_steps: int | None) -> list[int]:
+        """The levels the default chain visits, each once: noisiest (sigma_max) first, sigma_min last."""
+        self.scheduler.set_timesteps(num_inference_steps, 1, device=self._execution_device)
+        return self.scheduler.timesteps[: self.scheduler.num_inference_steps].tolist()
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The level index, or sigma for a `time_embedding_type="fourier"` UNet (`NCSNScheduler.model_timestep`), on
@@ -112,6 +135,10 @@ class NCSNPipeline(ShareablePipeline):
         ode_atol: float | None = None,
         class_labels: ClassLabels | None = None,
         guidance_scale: float = 1.0,
+        reconstruction_guidance_scale: float = 0.0,
+        latents: torch.Tensor | None = None,
+        num_ode_steps: int | None = None,
+        ode_time_spacing: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Draw samples by annealed Langevin dynamics (default), predictor-corrector or the probability-flow ODE, or
         inpaint `image` where `mask_image` is white (annealed Langevin).
@@ -121,7 +148,8 @@ class NCSNPipeline(ShareablePipeline):
             generator (`torch.Generator` or a list of them, *optional*): makes sampling reproducible.
             num_inference_steps (`int`, *optional*): number of noise levels to visit (default: all trained ones;
                 fewer keeps a subset evenly spread in log sigma).
-            num_langevin_steps (`int`, *optional*): Langevin updates per level (default: the scheduler's).
+            num_langevin_steps (`int`, *optional*): Langevin updates per level (default: the scheduler's), also of
+                `"ode_langevin"`.
             step_size (`float`, *optional*): eps of eta_t = eps sigma_t^2 / sigma_min^2 (default: the scheduler's).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` ((B, H, W, C) in [0, 1]) or `"pt"`
                 ((B, C, H, W) in [0, 1]).
@@ -139,14 +167,16 @@ class NCSNPipeline(ShareablePipeline):
                 & Ermon 2019, sec. 5; see `hf_ddpm_ncsn.pipelines.inpainting`).
             sampler (`str`, defaults to `"langevin"`): `"langevin"` (the scheduler's annealed Langevin chain),
                 `"pc"` (predictor-corrector: reverse-diffusion predictor between the levels, Langevin corrector;
-                `num_inference_steps * (num_corrector_steps + 1)` UNet calls) or `"ode"` (deterministic, the
-                probability-flow ODE from sigma_max to sigma_min, then Tweedie's denoise); see
-                `hf_ddpm_ncsn.sampling`.
+                `num_inference_steps * (num_corrector_steps + 1)` UNet calls), `"ode"` (deterministic, the
+                probability-flow ODE from sigma_max to sigma_min, then Tweedie's denoise) or `"ode_langevin"`
+                (Heun's ODE step over the `num_ode_steps` noisiest levels, then annealed Langevin dynamics with
+                `num_langevin_steps` and `step_size` on the rest); see `hf_ddpm_ncsn.sampling`.
             snr (`float`, *optional*, defaults to 0.16): `"pc"` only: the corrector's signal-to-noise ratio.
             num_corrector_steps (`int`, *optional*, defaults to 1): `"pc"` only: Langevin updates per level (0 to
                 1,000).
             ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (Euler in sigma, one call
-                per level), `"euler"`, `"midpoint"`, `"rk4"` on the levels, or the adaptive `"dopri5"`, `"bosh3"`,
+                per level), `"heun"` (Heun's second order in sigma, two calls per step, Karras et al. 2022),
+                `"euler"`, `"midpoint"`, `"rk4"` on the levels, or the adaptive `"dopri5"`, `"bosh3"`,
                 `"adaptive_heun"`.
             ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
                 the adaptive `ode_method`'s tolerances.
@@ -157,6 +187,19 @@ class NCSNPipeline(ShareablePipeline):
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight w >= 1 (Ho & Salimans 2022):
                 the output is out_u + w (out_c - out_u) of the null-class and the conditional calls, batched in one
                 UNet call; 1 is the conditional model alone, one call per step. Needs `class_labels`.
+            reconstruction_guidance_scale (`float`, defaults to 0.0): with `image`: w >= 0 of reconstruction
+                guidance, which adds w grad log N(y; x0_hat(x_t), r_t^2) of the known pixels y to the score at every
+                step, the gradient taken through the UNet (about three times the cost of a step); 0 is plain
+                replacement. See `hf_ddpm_ncsn.pipelines.inpainting.reconstruction_guided`.
+            latents (`torch.Tensor`, *optional*): (batch_size, C, H, W) standard-normal noise to start from instead
+                of a draw from `generator`, multiplied by `scheduler.init_noise_sigma` (diffusers' convention);
+                `pipe.encode(images)` gives the latents that `sampler="ode"` decodes back to the images.
+            num_ode_steps (`int`, *optional*): `"ode_langevin"` only: Heun steps of the probability-flow ODE down
+                the noisiest levels before annealed Langevin dynamics takes over (0 to levels - 1; default half the
+                intervals); `2 num_ode_steps + (levels - num_ode_steps) num_langevin_steps + 1` UNet calls.
+            ode_time_spacing (`str`, *optional*, defaults to `"levels"`): `"ode"` only: step on the levels laid out,
+                or `"logsnr"`: as many times from the noisiest training time to the last level, uniformly spaced
+                in log-SNR (DPM-Solver's grid; fractional times of the continuous extension).
         """
         options = self.check_inputs(
             batch_size,
@@ -177,6 +220,10 @@ class NCSNPipeline(ShareablePipeline):
             callback_on_step_end,
             class_labels,
             guidance_scale,
+            reconstruction_guidance_scale,
+            latents,
+            num_ode_steps,
+            ode_time_spacing,
         )
         known = self._known_pixels(image, mask_image, batch_size)
         device = self._execution_device
@@ -184,7 +231,9 @@ class NCSNPipeline(ShareablePipeline):
         model = self.guided_model(labels, guidance_scale)
         if known is not None:
             self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
-            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma, latents)
+            if reconstruction_guidance_scale > 0:
+                model = reconstruction_guided(model, self.scheduler, known, reconstruction_guidance_scale)
             sample = ncsn_inpainting_loop(
                 model,
                 self.scheduler,
@@ -196,15 +245,13 @@ class NCSNPipeline(ShareablePipeline):
             )
         elif sampler == "langevin":
             self.scheduler.set_timesteps(num_inference_steps, num_langevin_steps, device=device, step_size=step_size)
-            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma, latents)
             sample = self._denoising_loop(
                 sample, generator, callback_on_step_end, callback_on_step_end_tensor_inputs, model
             )
         else:
-            # the levels the default chain visits, each once: noisiest (sigma_max) first, sigma_min last
-            self.scheduler.set_timesteps(num_inference_steps, 1, device=device)
-            levels = self.scheduler.timesteps[: self.scheduler.num_inference_steps].tolist()
-            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma)
+            levels = self._sampler_levels(num_inference_steps)
+            sample = self._initial_noise(batch_size, generator, self.scheduler.init_noise_sigma, latents)
             sample = self._run_sampler(sampler, options, levels, sample, generator, labels, guidance_scale)
         images = self._to_output(sample, output_type, known)
         self.maybe_free_model_hooks()

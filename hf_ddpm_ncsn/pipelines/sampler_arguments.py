@@ -7,6 +7,7 @@ from typing import Any
 
 from ..likelihood.probability_flow import ADAPTIVE_METHODS
 from ..sampling import ODE_METHODS
+from ..sampling.probability_flow import ODE_TIME_SPACINGS
 from ..schedulers.validation import check_choice, check_positive_float, check_positive_int
 
 MAX_CORRECTOR_STEPS = 1000
@@ -16,7 +17,8 @@ SAMPLER_ARGUMENTS: dict[str, dict[str, Any]] = {
     "ancestral": {},
     "langevin": {"num_langevin_steps": None, "step_size": None},
     "pc": {"snr": 0.16, "num_corrector_steps": 1},
-    "ode": {"ode_method": "ddim", "ode_rtol": None, "ode_atol": None},
+    "ode": {"ode_method": "ddim", "ode_rtol": None, "ode_atol": None, "ode_time_spacing": "levels"},
+    "ode_langevin": {"num_ode_steps": None, "num_langevin_steps": None, "step_size": None},
 }
 ADAPTIVE_TOLERANCE = 1e-5  # rtol and atol of an adaptive ode_method unless given
 
@@ -36,6 +38,7 @@ def sampler_options(sampler: str, samplers: tuple[str, ...], **given: Any) -> di
         check_positive_int("num_corrector_steps", options["num_corrector_steps"], 0, MAX_CORRECTOR_STEPS)
     elif sampler == "ode":
         check_choice("ode_method", options["ode_method"], ODE_METHODS)
+        check_choice("ode_time_spacing", options["ode_time_spacing"], ODE_TIME_SPACINGS)
         for name in ("ode_rtol", "ode_atol"):
             if options[name] is None:
                 options[name] = ADAPTIVE_TOLERANCE
@@ -46,6 +49,25 @@ def sampler_options(sampler: str, samplers: tuple[str, ...], **given: Any) -> di
                 )
             else:
                 check_positive_float(name, options[name])
+    return options
+
+
+def fill_langevin_options(
+    options: dict[str, Any], num_levels: int, default_steps: int, default_step_size: float
+) -> dict[str, Any]:
+    """The Langevin arguments of `sampler="langevin"` / `"ode_langevin"` run by `hf_ddpm_ncsn.sampling` (not by
+    the scheduler), defaults filled in and checked; `num_ode_steps` defaults to half the `num_levels - 1`
+    intervals and may be any of 0 to all of them."""
+    if options["num_langevin_steps"] is None:
+        options["num_langevin_steps"] = default_steps
+    check_positive_int("num_langevin_steps", options["num_langevin_steps"], 1, MAX_LANGEVIN_STEPS)
+    options["step_size"] = check_positive_float(
+        "step_size", default_step_size if options["step_size"] is None else options["step_size"]
+    )
+    if "num_ode_steps" in options:
+        if options["num_ode_steps"] is None:
+            options["num_ode_steps"] = (num_levels - 1) // 2
+        check_positive_int("num_ode_steps", options["num_ode_steps"], 0, num_levels - 1)
     return options
 
 

@@ -20,16 +20,23 @@ from ..images import is_on_8bit_grid, uint8_to_model
 from ..likelihood.probability_flow import ODELikelihoodOutput, ode_bpd
 from ..plots import image_grid
 from ..progress import tqdm_kwargs
-from ..sampling import annealed_langevin_sample, ode_sample, predictor_corrector_sample
-from ..sampling.probability_flow import time_progress
+from ..sampling import (
+    annealed_langevin_sample,
+    ode_encode,
+    ode_langevin_sample,
+    ode_sample,
+    predictor_corrector_sample,
+)
+from ..sampling.probability_flow import logsnr_times, time_progress
 from ..schedulers.validation import check_choice, check_positive_int
 from ..sharing.atomic import atomic_directory, atomic_write_text
 from ..sharing.diffusers_loading import finalize_saved_folder, folder_already_checked
 from ..sharing.folder_checks import check_pipeline_folder
 from ..sharing.hub import push_folder_to_hub
 from ..sharing.model_cards import render_model_card
-from .guidance import guided_output, null_class
-from .inpainting import KnownPixels, StepCallback, prepare_known_pixels
+from .guidance import guided_output, null_class, prepare_class_labels
+from .inpainting import KnownPixels, StepCallback, image_to_tensors, prepare_known_pixels
+from .sampler_arguments import sampler_options
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # arguments of `from_pretrained` that matter for fetching a Hub repo before it is checked
@@ -339,11 +346,95 @@ class ShareablePipeline(DiffusionPipeline):
         """Lay out the chain on a copy of the scheduler: a bad step count fails here, before any sampling."""
         copy.deepcopy(self.scheduler).set_timesteps(**set_timesteps_kwargs)
 
-    def _initial_noise(self, batch_size: int, generator, scale: float) -> torch.Tensor:
+    def _sample_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
-        shape = (batch_size, self.unet.config.in_channels, height, width)
-        return scale * randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        return (batch_size, self.unet.config.in_channels, height, width)
+
+    def _check_latents(self, latents: torch.Tensor | None, batch_size: int) -> None:
+        if latents is None:
+            return
+        shape = self._sample_shape(batch_size)
+        if not isinstance(latents, torch.Tensor) or not torch.is_floating_point(latents):
+            raise ValueError(f"latents must be a float torch.Tensor of shape {shape}, got {type(latents).__name__}")
+        if tuple(latents.shape) != shape:
+            raise ValueError(
+                f"latents must have shape {shape} (batch_size, channels, height), got {tuple(latents.shape)}"
+            )
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents must be finite")
+
+    def _initial_noise(
+        self, batch_size: int, generator, scale: float, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_T = scale * (`latents`, or a standard normal draw from `generator`), as diffusers' pipelines do with
+        `init_noise_sigma`."""
+        device, dtype = self._execution_device, self.unet.dtype
+        if latents is None:
+            latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
+        return scale * latents.to(device=device, dtype=dtype)
+
+    def _sampler_levels(self, num_inference_steps: int | None) -> list[int]:
+        """The levels the samplers of `hf_ddpm_ncsn.sampling` visit, noisiest first (each pipeline lays them out)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(
+        self,
+        image: Any,
+        num_inference_steps: int | None = None,
+        ode_method: str | None = None,
+        ode_rtol: float | None = None,
+        ode_atol: float | None = None,
+        class_labels: Any = None,
+        guidance_scale: float = 1.0,
+        ode_time_spacing: str | None = None,
+    ) -> torch.Tensor:
+        """The latents of `image` under the probability-flow ODE: the inverse of `sampler="ode"` with the same
+        arguments, so `pipe(batch_size=len(latents), latents=latents, sampler="ode", ...)` decodes them back to the
+        image, up to the solver's accuracy and the final Tweedie denoise that sampling applies at the last level
+        (see `hf_ddpm_ncsn.sampling.ode_encode`). Like diffusers' `latents=`, they are in units of
+        `scheduler.init_noise_sigma` (standard normal for data from the model).
+
+        Args:
+            image (PIL image, NumPy array or tensor): the images, in any form `image=` of inpainting accepts (a
+                torch tensor (B, C, H, W) in [-1, 1], the model's range, is taken as is).
+            num_inference_steps (`int`, *optional*), ode_method (`str`, *optional*, defaults to `"ddim"`),
+                ode_rtol (`float`, *optional*), ode_atol (`float`, *optional*): as for `sampler="ode"`.
+            class_labels (*optional*), guidance_scale (`float`, defaults to 1.0): as for sampling a
+                class-conditional UNet.
+            ode_time_spacing (`str`, *optional*, defaults to `"levels"`): as for `sampler="ode"`.
+
+        Returns:
+            `torch.Tensor`: (B, C, H, W) latents.
+        """
+        options = sampler_options(
+            "ode",
+            ("ode",),
+            ode_method=ode_method,
+            ode_rtol=ode_rtol,
+            ode_atol=ode_atol,
+            ode_time_spacing=ode_time_spacing,
+        )
+        self._check_ode_embedding("ode")
+        x0, _ = image_to_tensors(image, self.unet.config.in_channels)
+        shape = self._sample_shape(len(x0))
+        if tuple(x0.shape) != shape:
+            raise ValueError(f"image has shape {tuple(x0.shape)} but the UNet takes {shape[1:]} images")
+        labels = prepare_class_labels(class_labels, guidance_scale, self.unet.config, len(x0), self._execution_device)
+        levels = self._ode_times(self._sampler_levels(num_inference_steps), options["ode_time_spacing"])
+        score = functools.partial(self.model_score, class_labels=labels, guidance_scale=guidance_scale)
+        x = x0.to(device=self._execution_device, dtype=self.unet.dtype)
+        latents, _ = ode_encode(
+            score,
+            self.scheduler.noise_process,
+            x,
+            levels,
+            method=options["ode_method"],
+            rtol=options["ode_rtol"],
+            atol=options["ode_atol"],
+        )
+        return latents / self.scheduler.init_noise_sigma
 
     def model_output(
         self,
@@ -430,6 +521,18 @@ class ShareablePipeline(DiffusionPipeline):
                 generator=generator,
                 progress=self.progress_bar,
             )
+        if sampler == "ode_langevin":
+            return ode_langevin_sample(
+                score,
+                process,
+                sample,
+                levels,
+                num_ode_steps=options["num_ode_steps"],
+                num_steps=options["num_langevin_steps"],
+                step_size=options["step_size"],
+                generator=generator,
+                progress=self.progress_bar,
+            )
         if sampler == "langevin":
             return annealed_langevin_sample(
                 score,
@@ -441,7 +544,7 @@ class ShareablePipeline(DiffusionPipeline):
                 generator=generator,
                 progress=self.progress_bar,
             )
-        times = [float(t) for t in levels]
+        times = self._ode_times(levels, options["ode_time_spacing"])
         bar = self.progress_bar(total=math.floor(times[0] - times[-1]))
         on_time = time_progress(bar, times[0], times[-1])
         try:
@@ -460,11 +563,21 @@ class ShareablePipeline(DiffusionPipeline):
             bar.close()
         return sample
 
+    def _ode_times(self, levels: list[int], spacing: str) -> list[float]:
+        """The ODE's times, noisiest first: the levels, or (`"logsnr"`) as many times uniform in log-SNR from the
+        process's noisiest time T - 1, where the prior holds (a respaced DDPM chain may start below it), to the
+        last level."""
+        times = [float(t) for t in levels]
+        if spacing != "logsnr":
+            return times
+        process = self.scheduler.noise_process
+        return logsnr_times(process, [float(process.num_levels - 1), *times[1:]])
+
     def _check_ode_embedding(self, sampler: str) -> None:
-        if sampler == "ode" and self.unet.config.time_embedding_type == "learned":
+        if sampler in ("ode", "ode_langevin") and self.unet.config.time_embedding_type == "learned":
             raise ValueError(
-                "sampler='ode' evaluates the UNet between its trained timesteps; its time_embedding_type='learned' "
-                "is a table with no value there: use sampler='pc' or the default sampler"
+                f"sampler={sampler!r} evaluates the UNet at real-valued times; its time_embedding_type='learned' is "
+                "a table of the trained timesteps: use sampler='pc' or the default sampler"
             )
 
     def _unet_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:

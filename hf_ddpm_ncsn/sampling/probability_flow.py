@@ -8,6 +8,8 @@ scheduler's time units.
   value at the step's start. In x / alpha against sigma / alpha the ODE is d(x / alpha) = eps d(sigma / alpha),
   so the step is x' = alpha' x0 + sigma' eps with x0 = (x - sigma eps) / alpha: DDIM with eta = 0 (Song, Meng &
   Ermon 2021) for VP, Euler in sigma (Karras et al. 2022) for VE. One evaluation per step;
+- `"heun"`: Heun's second-order step in the same variables (Karras et al. 2022, Alg. 1), the DDIM step corrected
+  by the average of eps at both ends of the step: two evaluations per step, both on the grid;
 - torchdiffeq's fixed-step `"euler"`, `"midpoint"`, `"rk4"` on the grid `times` (1, 2, 4 evaluations per step);
 - torchdiffeq's adaptive `"dopri5"`, `"bosh3"`, `"adaptive_heun"` from times[0] to times[-1] within rtol / atol.
 
@@ -28,7 +30,8 @@ from ..likelihood.probability_flow import ADAPTIVE_METHODS, FIRST_STEP, FIXED_ST
 from ..schedulers.noise_process import NoiseProcess
 from .predictor_corrector import ScoreFn, tweedie_denoise
 
-ODE_METHODS = ("ddim", *FIXED_STEP_METHODS, *ADAPTIVE_METHODS)
+#: the steps written here, exact for a constant eps; then torchdiffeq's
+ODE_METHODS = ("ddim", "heun", *FIXED_STEP_METHODS, *ADAPTIVE_METHODS)
 
 
 class _Drift:
@@ -58,6 +61,21 @@ def _ddim_step(drift: _Drift, x: torch.Tensor, t: float, t_next: float) -> torch
     return alpha_next * x0 + sigma_next * eps
 
 
+def _heun_step(drift: _Drift, x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """Heun's step in y = x / alpha against sigma / alpha (Karras et al. 2022, Alg. 1): the DDIM step, then the
+    average of eps at both ends. Both evaluations are on the grid, where a network trained on those levels is."""
+    alpha, sigma = drift.process.marginal(t)
+    alpha_next, sigma_next = drift.process.marginal(t_next)
+    h = sigma_next / alpha_next - sigma / alpha
+    eps = drift.score(x, t) * (-sigma)
+    y = x / alpha
+    eps_next = drift.score(alpha_next * (y + h * eps), t_next) * (-sigma_next)
+    return alpha_next * (y + h * 0.5 * (eps + eps_next))
+
+
+_OWN_STEPS = {"ddim": _ddim_step, "heun": _heun_step}
+
+
 def solve_probability_flow(
     score_fn: ScoreFn,
     process: NoiseProcess,
@@ -85,9 +103,9 @@ def solve_probability_flow(
     times = [float(t) for t in times]
     if len(times) < 2:  # a single level: nothing to integrate
         return x, 0
-    if method == "ddim":
+    if method in _OWN_STEPS:
         for t, t_next in zip(times[:-1], times[1:], strict=True):
-            x = _ddim_step(drift, x, t, t_next)
+            x = _OWN_STEPS[method](drift, x, t, t_next)
         return x, drift.nfe
     if method in ADAPTIVE_METHODS:
         grid = torch.tensor([times[0], times[-1]], dtype=torch.float64)
@@ -133,6 +151,34 @@ def ode_encode(
     return solve_probability_flow(
         score_fn, process, x, list(times)[::-1], method=method, rtol=rtol, atol=atol, on_time=on_time
     )
+
+
+#: how `sampler="ode"` places its steps: on the levels laid out, or uniformly in log-SNR between their ends
+ODE_TIME_SPACINGS = ("levels", "logsnr")
+
+
+def log_snr(process: NoiseProcess, t: float) -> float:
+    """lambda_t = log(alpha_t / sigma_t) of the continuous extension, decreasing in t."""
+    alpha, sigma = process.marginal(float(t))
+    return math.log(alpha / sigma)
+
+
+def logsnr_times(process: NoiseProcess, times: Sequence[float]) -> list[float]:
+    """As many times as `times`, from its first to its last, uniformly spaced in log-SNR (DPM-Solver's grid, Lu et
+    al. 2022): the ends are kept exactly, the others found by bisection on the monotone continuous extension (to
+    1e-9 of a time unit). For NCSN's geometric sigmas these are the geometric levels."""
+    times = [float(t) for t in times]
+    start, end = times[0], times[-1]
+    low, high = sorted((start, end))
+    targets = torch.linspace(log_snr(process, start), log_snr(process, end), len(times), dtype=torch.float64)
+    inner = []
+    for target in targets[1:-1].tolist():
+        a, b = low, high  # lambda(a) > target > lambda(b)
+        while b - a > 1e-9:
+            middle = 0.5 * (a + b)
+            a, b = (middle, b) if log_snr(process, middle) > target else (a, middle)
+        inner.append(0.5 * (a + b))
+    return [start, *inner, end]
 
 
 def time_progress(bar, start: float, end: float) -> Callable[[float], None]:

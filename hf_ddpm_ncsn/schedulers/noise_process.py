@@ -194,6 +194,22 @@ class NoiseProcess:
         alpha, sigma = self.marginal(t, x_t)
         return self._epsilon(output, prediction_type, x_t, alpha, sigma) * (-1.0 / sigma)
 
+    def from_score(
+        self, score: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The network output of `prediction_type` that implies `score` at (x_t, t): the inverse of `to_score`, so a
+        sampler can steer a model by adding to its score (reconstruction guidance) and hand the scheduler an output."""
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if prediction_type == "score":
+            return score
+        alpha, sigma = self.marginal(t, x_t)
+        eps = -sigma * score
+        if prediction_type == "epsilon":
+            return eps
+        if prediction_type == "sample":
+            return _unscale(x_t - sigma * eps, alpha)
+        return (self._power(alpha, sigma) * eps - sigma * x_t) / alpha
+
     def to_sample(
         self, output: torch.Tensor, prediction_type: str, x_t: torch.Tensor, t: int | torch.Tensor
     ) -> torch.Tensor:
