@@ -368,6 +368,8 @@ def test_reconstruction_guided_ddpm_follows_its_exact_law_and_closes_the_gap(rho
     true 1.2; at rho = 0 the known pixel carries no information and the guided chain is the plain one."""
     u, (mean, var) = _sample_ddpm(rho, num_steps=50, guidance=1.0)
     _assert_moments(u, mean, var)
+    # the comparisons below are between exact laws (the recursions): they say what the method does; the sampled
+    # moments above are what tests the code
     plain_mean, plain_var = _sample_ddpm(rho, num_steps=50)[1]
     if rho == 0.0:  # exactly the unguided chain's law
         assert abs(mean - plain_mean) < 1e-12 and abs(var - plain_var) < 1e-12, (mean, var, plain_var)
@@ -384,30 +386,43 @@ def test_reconstruction_guided_ncsn_follows_its_exact_law():
     assert abs(mean - 0.8 * K) < 0.06 and abs(var - 0.36) < 0.06, (mean, var)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
-def test_reconstruction_guidance_is_the_same_score_under_every_parametrisation(prediction_type, variance_type):
-    """A model of the same Gaussian written as eps, x_0 or v (with or without a variance half) gets the same guided
-    score: fails if `NoiseProcess.from_score` is not the inverse of `to_score` for a parametrisation, or if the
-    variance channels are steered."""
-    scheduler = DDPMPosteriorScheduler(
-        num_train_timesteps=100, prediction_type=prediction_type, variance_type=variance_type
-    )
-    process, known, t = scheduler.noise_process, _probe_known(64), torch.tensor(40)
+def _guidance_cases():
+    for prediction_type in ("epsilon", "sample", "v_prediction"):
+        for variance_type in ("fixed_small", "learned_range"):
+            yield pytest.param("vp", prediction_type, variance_type, id=f"vp-{prediction_type}-{variance_type}")
+    for prediction_type in ("epsilon", "score"):  # NCSNScheduler's; alpha^2 + sigma^2 != 1 here
+        yield pytest.param("ve", prediction_type, None, id=f"ve-{prediction_type}")
+
+
+@pytest.mark.parametrize("family, prediction_type, variance_type", list(_guidance_cases()))
+def test_reconstruction_guidance_is_the_same_score_under_every_parametrisation(family, prediction_type, variance_type):
+    """A model of the same Gaussian written as eps, x_0, v or score (with or without a variance half; VP, VE) gets the
+    guided score of the closed form: fails if `NoiseProcess.from_score` is not the inverse of `to_score` for a
+    parametrisation, if r_t^2 ignores alpha (VE: r^2 = sigma^2 / (1 + sigma^2)), or if the variance channels are
+    steered."""
+    if family == "vp":
+        scheduler = DDPMPosteriorScheduler(
+            num_train_timesteps=100, prediction_type=prediction_type, variance_type=variance_type
+        )
+        t = torch.tensor(40)
+    else:
+        scheduler = NCSNScheduler(
+            num_train_timesteps=10, sigma_min=0.05, sigma_max=3.0, prediction_type=prediction_type
+        )
+        t = torch.tensor(6)
+    process, known = scheduler.noise_process, _probe_known(64)
+    alpha, sigma = process.marginal(int(t))
     x = torch.randn(64, 1, 1, 2, generator=_seed(3), dtype=torch.float64)
     variance_half = torch.rand(64, 1, 1, 2, generator=_seed(4), dtype=torch.float64)
 
     def model(sample, timestep):
-        abar = float(scheduler.alphas_cumprod[int(timestep)])
-        score = _gaussian_score(0.8, 1 - abar, sample, signal=abar)
+        score = _gaussian_score(0.8, sigma**2, sample, signal=alpha**2)
         output = process.from_score(score, prediction_type, sample, timestep)
-        return output if variance_type == "fixed_small" else torch.cat([output, variance_half], dim=1)
+        return output if variance_type in (None, "fixed_small") else torch.cat([output, variance_half], dim=1)
 
-    guided = reconstruction_guided(
-        model, scheduler, known.__class__(known.image.double(), known.image_01, known.regenerate), 1.0
-    )(x, t)
+    known64 = KnownPixels(known.image.double(), known.image_01, known.regenerate)
+    guided = reconstruction_guided(model, scheduler, known64, 1.0)(x, t)
     score = process.to_score(guided[:, :1], prediction_type, x, t)
-    alpha, sigma = math.sqrt(float(scheduler.alphas_cumprod[40])), math.sqrt(1 - float(scheduler.alphas_cumprod[40]))
     precision = np.linalg.inv(alpha**2 * _sigma(0.8) + sigma**2 * np.eye(2))
     m, v = _guided_score_matrix(precision, alpha, sigma, 1.0)
     expected = x.reshape(64, 2) @ torch.from_numpy(m).T + K * torch.from_numpy(v)
@@ -576,6 +591,10 @@ def test_reconstruction_guidance_in_the_pipelines(make):
     np.testing.assert_array_equal(guided[:, :4], plain[:, :4])  # the known rows: the image (0.75), exactly
     assert np.abs(guided[:, 4:] - plain[:, 4:]).max() > 1e-4
     np.testing.assert_array_equal(guided, pipe(generator=_seed(), reconstruction_guidance_scale=2.0, **kwargs).images)
+    if make is tiny_ddpm:  # with RePaint's resampling too
+        repaint = pipe(generator=_seed(), reconstruction_guidance_scale=2.0, jump_length=2, jump_n_sample=2, **kwargs)
+        np.testing.assert_array_equal(repaint.images[:, :4], plain[:, :4])
+        assert np.abs(repaint.images[:, 4:] - guided[:, 4:]).max() > 1e-4
 
 
 @pytest.mark.parametrize("make", [tiny_ncsn, tiny_ddpm])

@@ -152,6 +152,22 @@ def test_logsnr_times_are_uniform_in_log_snr():
     np.testing.assert_allclose(logsnr_times(ve, np.linspace(19, 0, 20)), np.arange(19, -1, -1), atol=1e-8)
     ascending = logsnr_times(vp, [0.0, 50.0, 99.0])  # encoding goes up
     assert ascending[0] == 0.0 and ascending[-1] == 99.0 and 0 < ascending[1] < 99
+    assert logsnr_times(vp, [5.0]) == [5.0]  # one level: nothing to lay out
+    pipe = _ddpm()  # nor in the pipeline: one timestep stays where the chain puts it
+    one = pipe(batch_size=1, sampler="ode", num_inference_steps=1, ode_time_spacing="logsnr", output_type="pt")
+    plain = pipe(batch_size=1, sampler="ode", num_inference_steps=1, output_type="pt")
+    assert one.images.shape == plain.images.shape
+
+
+def test_the_ode_samplers_refuse_a_zero_terminal_snr_schedule():
+    """alpha_T = 0: the ODE's steps in x / alpha are undefined there; refused before any UNet call."""
+    pipe = _ddpm(rescale_betas_zero_snr=True)
+    pipe.unet.forward = lambda *a, **k: pytest.fail("the UNet was called")
+    for sampler in ("ode", "ode_langevin"):
+        with pytest.raises(ValueError, match=f"sampler='{sampler}' steps in x / alpha_t, which needs alpha_t > 0"):
+            pipe(batch_size=1, sampler=sampler)
+    with pytest.raises(ValueError, match="which needs alpha_t > 0"):
+        pipe.encode(torch.zeros(1, 1, 8, 8))
 
 
 def test_the_ode_sampler_on_the_logsnr_grid_calls_the_unet_there():
@@ -367,6 +383,7 @@ def test_latents_are_the_initial_noise_in_units_of_init_noise_sigma(family):
 )
 def test_bad_latents_are_named_before_any_unet_call(family, latents, message):
     pipe = _pipe(family)
+    pipe.unet.forward = lambda *a, **k: pytest.fail("the UNet was called")
     with pytest.raises(ValueError, match=message):
         pipe.check_inputs(batch_size=2, latents=latents)
     with pytest.raises(ValueError, match=message):

@@ -28,6 +28,7 @@ Accepted inputs (diffusers' conventions), each either one for the whole batch or
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -257,7 +258,12 @@ def _known_noise(known: KnownPixels, generator) -> torch.Tensor:
 # Reconstruction guidance
 def check_reconstruction_guidance(scale: float, image: Any) -> float:
     """`reconstruction_guidance_scale`: a finite w >= 0 (0 = plain replacement), and only with an `image`."""
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+    if (
+        isinstance(scale, bool | np.bool_)
+        or not isinstance(scale, numbers.Real)
+        or not math.isfinite(scale)
+        or scale < 0
+    ):
         raise ValueError(f"reconstruction_guidance_scale must be a finite number >= 0 (0 = off), got {scale!r}")
     if scale > 0 and image is None:
         raise ValueError(f"reconstruction_guidance_scale={scale!r} steers inpainting: it needs image= and mask_image=")
@@ -292,6 +298,8 @@ def reconstruction_guided(model_fn: ModelFn, scheduler, known: KnownPixels, scal
             alpha, sigma = process.marginal(timestep, x)
             residual = known.paste(torch.zeros_like(x), known.image - (x + sigma**2 * score) / alpha)
             r2 = sigma**2 / (alpha**2 + sigma**2)
+            # in float32 at least: 1 / r_t^2 reaches 1e5 and more at the lowest levels, past half precision's range
+            residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
             (grad,) = torch.autograd.grad(residual.square().sum() / (-2.0 * r2), x)
         steered = score.detach() + scale * grad
         mean = process.from_score(steered, prediction_type, sample, timestep)

@@ -60,14 +60,16 @@ def fill_langevin_options(
     intervals and may be any of 0 to all of them."""
     if options["num_langevin_steps"] is None:
         options["num_langevin_steps"] = default_steps
-    check_positive_int("num_langevin_steps", options["num_langevin_steps"], 1, MAX_LANGEVIN_STEPS)
+    options["num_langevin_steps"] = check_positive_int(
+        "num_langevin_steps", options["num_langevin_steps"], 1, MAX_LANGEVIN_STEPS
+    )
     options["step_size"] = check_positive_float(
         "step_size", default_step_size if options["step_size"] is None else options["step_size"]
     )
     if "num_ode_steps" in options:
         if options["num_ode_steps"] is None:
             options["num_ode_steps"] = (num_levels - 1) // 2
-        check_positive_int("num_ode_steps", options["num_ode_steps"], 0, num_levels - 1)
+        options["num_ode_steps"] = check_positive_int("num_ode_steps", options["num_ode_steps"], 0, num_levels - 1)
     return options
 
 

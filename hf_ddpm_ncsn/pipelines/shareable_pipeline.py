@@ -359,7 +359,7 @@ class ShareablePipeline(DiffusionPipeline):
             raise ValueError(f"latents must be a float torch.Tensor of shape {shape}, got {type(latents).__name__}")
         if tuple(latents.shape) != shape:
             raise ValueError(
-                f"latents must have shape {shape} (batch_size, channels, height), got {tuple(latents.shape)}"
+                f"latents must have shape {shape} (batch_size, channels, height, width), got {tuple(latents.shape)}"
             )
         if not torch.isfinite(latents).all():
             raise ValueError("latents must be finite")
@@ -568,12 +568,17 @@ class ShareablePipeline(DiffusionPipeline):
         process's noisiest time T - 1, where the prior holds (a respaced DDPM chain may start below it), to the
         last level."""
         times = [float(t) for t in levels]
-        if spacing != "logsnr":
+        if spacing != "logsnr" or len(times) < 2:  # a single level stays where the chain puts it
             return times
         process = self.scheduler.noise_process
         return logsnr_times(process, [float(process.num_levels - 1), *times[1:]])
 
     def _check_ode_embedding(self, sampler: str) -> None:
+        if sampler in ("ode", "ode_langevin") and not self.scheduler.noise_process.alphas.min() > 0:
+            raise ValueError(
+                f"sampler={sampler!r} steps in x / alpha_t, which needs alpha_t > 0 at every level; this schedule "
+                "ends at alpha_T = 0 (zero terminal SNR, rescale_betas_zero_snr=True): use the default sampler"
+            )
         if sampler in ("ode", "ode_langevin") and self.unet.config.time_embedding_type == "learned":
             raise ValueError(
                 f"sampler={sampler!r} evaluates the UNet at real-valued times; its time_embedding_type='learned' is "

@@ -166,8 +166,11 @@ def log_snr(process: NoiseProcess, t: float) -> float:
 def logsnr_times(process: NoiseProcess, times: Sequence[float]) -> list[float]:
     """As many times as `times`, from its first to its last, uniformly spaced in log-SNR (DPM-Solver's grid, Lu et
     al. 2022): the ends are kept exactly, the others found by bisection on the monotone continuous extension (to
-    1e-9 of a time unit). For NCSN's geometric sigmas these are the geometric levels."""
+    1e-9 of a time unit). For all of NCSN's geometric levels these are the levels themselves (a subset of them is
+    not log-uniform, so it gives fractional levels)."""
     times = [float(t) for t in times]
+    if len(times) < 2:  # one level: no grid to lay out
+        return times
     start, end = times[0], times[-1]
     low, high = sorted((start, end))
     targets = torch.linspace(log_snr(process, start), log_snr(process, end), len(times), dtype=torch.float64)

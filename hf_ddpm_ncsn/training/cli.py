@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from ..families import make_family
@@ -37,4 +38,15 @@ def main(family_name: str, argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(dumps({"global_step": summary.global_step, "final_loss": summary.final_loss}))
+    if summary.num_processes > 1:
+        _exit_without_teardown()
     return 0
+
+
+def _exit_without_teardown() -> None:
+    """End a process of a multi-process run without freeing its distributed objects (see `loop.train`): every
+    file is written and closed by now; the output streams and log handlers are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -97,7 +97,17 @@ def train(args: TrainingArguments, family: Family) -> TrainingSummary:
             accelerator, args, family, run.unet, run.ema, run.scheduler, summary, run.class_names
         )
     accelerator.end_training()
+    if accelerator.num_processes > 1:
+        # end_training destroyed the gloo group, so the DDP reducer in `run` holds its last reference: freeing it
+        # here would join gloo's worker threads while holding the GIL, and deadlock when a worker is still
+        # releasing a finished collective's Python tensors (seen in CI: ~ProcessGroupGloo from the Reducer's
+        # dealloc, the worker waiting for the GIL). The run stays alive; the CLI ends such a process with os._exit.
+        _FINISHED_RUNS.append(run)
     return summary
+
+
+#: runs of several processes, kept alive until the process exits (see the end of `train`)
+_FINISHED_RUNS: list[TrainingRun] = []
 
 
 def _run_epochs(run: TrainingRun, progress: tqdm) -> None:
