@@ -115,7 +115,7 @@ class DDPMPosteriorPipeline(ShareablePipeline):
             ode_time_spacing=ode_time_spacing,
         )
         check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
-        self._check_ode_embedding(sampler)
+        self._check_ode_sampler(sampler)
         self._check_timesteps(num_inference_steps=self._num_steps(num_inference_steps))
         if sampler in ("langevin", "ode_langevin"):
             num_levels = self._num_steps(num_inference_steps)

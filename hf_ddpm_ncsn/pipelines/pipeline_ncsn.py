@@ -92,7 +92,7 @@ class NCSNPipeline(ShareablePipeline):
             ode_time_spacing=ode_time_spacing,
         )
         check_callback_supported(sampler, SAMPLERS[0], callback_on_step_end)
-        self._check_ode_embedding(sampler)
+        self._check_ode_sampler(sampler)
         prepare_class_labels(class_labels, guidance_scale, self.unet.config, batch_size)
         self._check_timesteps(
             num_inference_steps=num_inference_steps, num_langevin_steps=num_langevin_steps, step_size=step_size

@@ -20,13 +20,7 @@ from ..images import is_on_8bit_grid, uint8_to_model
 from ..likelihood.probability_flow import ODELikelihoodOutput, ode_bpd
 from ..plots import image_grid
 from ..progress import tqdm_kwargs
-from ..sampling import (
-    annealed_langevin_sample,
-    ode_encode,
-    ode_langevin_sample,
-    ode_sample,
-    predictor_corrector_sample,
-)
+from ..sampling import ode_encode, ode_langevin_sample, ode_sample, predictor_corrector_sample
 from ..sampling.probability_flow import logsnr_times, time_progress
 from ..schedulers.validation import check_choice, check_positive_int
 from ..sharing.atomic import atomic_directory, atomic_write_text
@@ -315,13 +309,12 @@ class ShareablePipeline(DiffusionPipeline):
 
     def _known_pixels(self, image, mask_image, batch_size: int) -> KnownPixels | None:
         """The inpainting inputs checked and shaped for the UNet (`inpainting.prepare_known_pixels`), or None."""
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
+        _, channels, height, width = self._sample_shape(batch_size)
         return prepare_known_pixels(
             image,
             mask_image,
             batch_size,
-            self.unet.config.in_channels,
+            channels,
             height,
             width,
             device=self._execution_device,
@@ -416,7 +409,7 @@ class ShareablePipeline(DiffusionPipeline):
             ode_atol=ode_atol,
             ode_time_spacing=ode_time_spacing,
         )
-        self._check_ode_embedding("ode")
+        self._check_ode_sampler("ode")
         x0, _ = image_to_tensors(image, self.unet.config.in_channels)
         shape = self._sample_shape(len(x0))
         if tuple(x0.shape) != shape:
@@ -521,24 +514,13 @@ class ShareablePipeline(DiffusionPipeline):
                 generator=generator,
                 progress=self.progress_bar,
             )
-        if sampler == "ode_langevin":
+        if sampler in ("langevin", "ode_langevin"):  # annealed Langevin is the hybrid with no ODE step (tested)
             return ode_langevin_sample(
                 score,
                 process,
                 sample,
                 levels,
-                num_ode_steps=options["num_ode_steps"],
-                num_steps=options["num_langevin_steps"],
-                step_size=options["step_size"],
-                generator=generator,
-                progress=self.progress_bar,
-            )
-        if sampler == "langevin":
-            return annealed_langevin_sample(
-                score,
-                process,
-                sample,
-                levels,
+                num_ode_steps=options.get("num_ode_steps", 0),
                 num_steps=options["num_langevin_steps"],
                 step_size=options["step_size"],
                 generator=generator,
@@ -573,13 +555,16 @@ class ShareablePipeline(DiffusionPipeline):
         process = self.scheduler.noise_process
         return logsnr_times(process, [float(process.num_levels - 1), *times[1:]])
 
-    def _check_ode_embedding(self, sampler: str) -> None:
-        if sampler in ("ode", "ode_langevin") and not self.scheduler.noise_process.alphas.min() > 0:
+    def _check_ode_sampler(self, sampler: str) -> None:
+        """The ODE samplers step in x / alpha at real-valued times: refuse a schedule or UNet without them."""
+        if sampler not in ("ode", "ode_langevin"):
+            return
+        if not self.scheduler.noise_process.alphas.min() > 0:
             raise ValueError(
                 f"sampler={sampler!r} steps in x / alpha_t, which needs alpha_t > 0 at every level; this schedule "
                 "ends at alpha_T = 0 (zero terminal SNR, rescale_betas_zero_snr=True): use the default sampler"
             )
-        if sampler in ("ode", "ode_langevin") and self.unet.config.time_embedding_type == "learned":
+        if self.unet.config.time_embedding_type == "learned":
             raise ValueError(
                 f"sampler={sampler!r} evaluates the UNet at real-valued times; its time_embedding_type='learned' is "
                 "a table of the trained timesteps: use sampler='pc' or the default sampler"
