@@ -90,7 +90,9 @@ class EvaluationArguments:
     )
     snr: float | None = _arg(None, "sampler pc only: the corrector's signal-to-noise ratio (default 0.16).")
     num_corrector_steps: int | None = _arg(None, "sampler pc only: Langevin corrector updates per level (default 1).")
-    ode_method: str | None = _arg(None, "sampler ode only: ddim|heun|euler|midpoint|rk4|dopri5|bosh3|adaptive_heun.")
+    ode_method: str | None = _arg(
+        None, "sampler ode only: ddim|heun|dpmpp_2m|euler|midpoint|rk4|dopri5|bosh3|adaptive_heun."
+    )
     ode_time_spacing: str | None = _arg(None, "sampler ode only: levels (default) or logsnr (uniform in log-SNR).")
     num_ode_steps: int | None = _arg(
         None, "sampler ode_langevin only: Heun ODE steps over the noisiest levels before Langevin dynamics."

@@ -191,6 +191,7 @@ class DDPMPosteriorPipeline(ShareablePipeline):
                 = eps sigma_t^2 / sigma_min^2 (sigma_min: the last timestep's).
             ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (DDIM with eta = 0,
                 one call per timestep), `"heun"` (Heun's second order in sigma / alpha, two calls per step),
+                `"dpmpp_2m"` (DPM-Solver++(2M), second order in log-SNR, one call per timestep, Lu et al. 2022b),
                 `"euler"`, `"midpoint"`, `"rk4"` on the timesteps, or the adaptive
                 `"dopri5"`, `"bosh3"`, `"adaptive_heun"` between the first and the last.
             ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):

@@ -176,6 +176,7 @@ class NCSNPipeline(ShareablePipeline):
                 1,000).
             ode_method (`str`, *optional*, defaults to `"ddim"`): `"ode"` only: `"ddim"` (Euler in sigma, one call
                 per level), `"heun"` (Heun's second order in sigma, two calls per step, Karras et al. 2022),
+                `"dpmpp_2m"` (DPM-Solver++(2M), second order in log sigma, one call per level, Lu et al. 2022b),
                 `"euler"`, `"midpoint"`, `"rk4"` on the levels, or the adaptive `"dopri5"`, `"bosh3"`,
                 `"adaptive_heun"`.
             ode_rtol (`float`, *optional*, defaults to 1e-5), ode_atol (`float`, *optional*, defaults to 1e-5):
