@@ -30,6 +30,9 @@ from hf_ddpm_ncsn.losses import ddpm_loss
 from hf_ddpm_ncsn.unets import build_unet, default_unet_config
 
 ROOT = Path(__file__).resolve().parent.parent
+# `accelerate launch` of two gloo processes on the CPU (the scripts build a CPU state without CUDA)
+TWO_GLOO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
 def sync(device: str) -> None:
@@ -229,13 +232,43 @@ def bench_training(args) -> list[dict]:
     rows = [row("training loop vs bare loop (images/s, higher is better)", statistics.median(loop),
                 statistics.median(bare), goal=">= 0.95", unit="img/s")]  # fmt: skip
     if device == "cpu":
-        two = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
         threads = max(1, (os.cpu_count() or 2) // 2)
-        two_proc = loop_images_per_second(two, {"OMP_NUM_THREADS": str(threads)})
+        two_proc = loop_images_per_second(TWO_GLOO_PROCESSES, {"OMP_NUM_THREADS": str(threads)})
         rows.append(row("training: 2 gloo processes vs 1 process (images/s)", two_proc, statistics.median(loop),
                         unit="img/s"))  # fmt: skip
     return rows
+
+
+def bench_evaluation(args) -> list[dict]:
+    """Throughput of scripts/evaluate.py's sharded stages (sampling, the ELBO with its stratified estimate, the ODE
+    likelihood) with two gloo processes against one, on a saved DDPM: the stage timings of the main process."""
+    batch = args.batch_size
+    held_out = min(2 * batch, 180)  # the digits have 180 held-out images
+    stages = {"sampling": ("samples", 4 * batch), "likelihood": ("ELBO images", held_out),
+              "ode_likelihood": ("ODE images", held_out)}  # fmt: skip
+    evaluation = [
+        "--num_samples", str(4 * batch), "--batch_size", str(batch), "--num_inference_steps", "50",
+        "--num_elbo_images", str(held_out), "--elbo_strata", "10", "--ode_rtol", "1e-3", "--ode_atol", "1e-3",
+    ]  # fmt: skip
+
+    def stage_rates(launcher: list[str], env: dict, folder: str) -> dict[str, float]:
+        out = Path(folder, f"eval-{len(launcher)}")
+        command = [*launcher, str(ROOT / "scripts" / "evaluate.py"), "--pipeline", str(Path(folder, "ddpm")),
+                   "--output_dir", str(out), *evaluation]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, **env})
+        report = json.loads((out / "report.json").read_text())
+        return {stage: count / report["timings"][stage] for stage, (_, count) in stages.items()}
+
+    with tempfile.TemporaryDirectory() as folder:
+        unet = make_unet(args.resolution, args.channels, "cpu")
+        DDPMPosteriorPipeline(unet, DDPMPosteriorScheduler(num_train_timesteps=100)).save_pretrained(
+            Path(folder, "ddpm")
+        )
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        one = stage_rates([sys.executable], {}, folder)
+        two = stage_rates(TWO_GLOO_PROCESSES, {"OMP_NUM_THREADS": str(threads)}, folder)
+    return [row(f"evaluation, {name}: 2 gloo processes vs 1 process ({name}/s)", two[stage], one[stage],
+                unit="img/s") for stage, (name, _) in stages.items()]  # fmt: skip
 
 
 def row(label: str, ours: float, reference: float, goal: str = "", unit: str = "s") -> dict:
@@ -258,6 +291,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="Images per batch.")
     parser.add_argument("--train_steps", type=int, default=40, help="Optimisation steps per training measurement.")
     parser.add_argument("--skip_training", action="store_true", help="Skip the (slowest) training benchmarks.")
+    parser.add_argument("--skip_evaluation", action="store_true", help="Skip the evaluation throughput benchmarks.")
     parser.add_argument("--json", help="Also write the rows to this JSON file.")
     args = parser.parse_args()
     if args.repeats < 1 or args.batch_size < 1 or args.train_steps < 1:
@@ -274,6 +308,8 @@ def main() -> None:
     rows = bench_scheduler_steps(args) + bench_pipelines(args) + bench_elbo(args) + bench_ode_likelihood(args)
     if not args.skip_training:
         rows += bench_training(args)
+    if not args.skip_evaluation and args.device == "cpu":
+        rows += bench_evaluation(args)
     print("\n| benchmark | ours (absolute) | reference (absolute) | ratio | goal |\n|---|---|---|---|---|")
     for r in rows:
         fmt = (lambda v: f"{v:.1f} img/s") if r["unit"] == "img/s" else (lambda v: f"{v * 1e3:.3f} ms")

@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # a bad folder, a refused argument, an unreachable Hub: no traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_report(report))
-    print("wrote " + ", ".join(report["files"].values()))
+    if "files" in report:  # the main process: under `accelerate launch` the others print nothing
+        print(format_report(report))
+        print("wrote " + ", ".join(report["files"].values()))
     return 0
 
 

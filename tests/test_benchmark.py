@@ -28,6 +28,7 @@ def test_the_benchmark_runs_every_comparison_on_a_tiny_model(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     names = " ".join(r["benchmark"] for r in rows)
     for expected in ("DDPMScheduler.step", "NCSNScheduler.step", "NCSNPipeline", "DDPMPosteriorPipeline vs", "elbo",
-                     "Hutchinson", "exact trace", "training loop vs bare loop", "2 gloo processes"):  # fmt: skip
+                     "Hutchinson", "exact trace", "training loop vs bare loop", "2 gloo processes",
+                     "evaluation, samples", "evaluation, ELBO images", "evaluation, ODE images"):  # fmt: skip
         assert expected in names, expected
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows)

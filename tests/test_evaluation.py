@@ -270,18 +270,32 @@ def test_stratification_beats_uniform_timesteps_and_log_strata_beat_equal_ones()
 
 def test_ode_likelihood_report_is_the_pipelines_ode_on_its_own_noise():
     """Mean and standard error over images of `ode_likelihood` with seed + 2 (the ELBO's noise is seed's, the
-    stratified estimate's seed + 1), with the solver settings it states."""
+    stratified estimate's seed + 1), batch k of `batch_size` images from seed + 2 + k 2^32 (the evaluation's
+    chunks), with the solver settings it states."""
     pipe = tiny_ddpm()
     images = torch.randint(0, 256, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     report = ode_likelihood_report(pipe, images, num_probes=2, rtol=1e-4, atol=1e-4, batch_size=2, seed=5)
-    direct = pipe.ode_likelihood(
-        images, generator=torch.Generator().manual_seed(7), batch_size=2, num_probes=2, rtol=1e-4, atol=1e-4
-    )
-    bits = direct.bits_per_dim.double()
+    direct = [
+        pipe.ode_likelihood(
+            images[2 * k : 2 * k + 2],
+            generator=torch.Generator().manual_seed(7 + k * 2**32),
+            num_probes=2,
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        for k in range(2)
+    ]
+    bits = torch.cat([out.bits_per_dim for out in direct]).double()
     assert report["bits_per_dim"] == pytest.approx(bits.mean().item(), rel=1e-12)
     assert report["bits_per_dim_stderr"] == pytest.approx(bits.std().item() / 2, rel=1e-12)
-    assert report["prior_bpd"] == pytest.approx(direct.prior_bits_per_dim.double().mean().item(), rel=1e-12)
-    assert (report["nfe"], report["num_images"], report["num_probes"], report["rtol"]) == (direct.nfe, 4, 2, 1e-4)
+    prior = torch.cat([out.prior_bits_per_dim for out in direct]).double().mean().item()
+    assert report["prior_bpd"] == pytest.approx(prior, rel=1e-12)
+    assert (report["nfe"], report["num_images"], report["num_probes"], report["rtol"]) == (
+        sum(out.nfe for out in direct),
+        4,
+        2,
+        1e-4,
+    )
     with pytest.raises(ValueError, match="ode_probes"):
         evaluate("no/such-repo", ode_probes=0)  # refused before anything is loaded
     with pytest.raises(ValueError, match="ode_rtol"):

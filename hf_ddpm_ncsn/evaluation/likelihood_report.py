@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from ..likelihood import histogram_baselines
+from ..likelihood import ELBOOutput, histogram_baselines
 from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from ..plots import line_plot
+from .distributed import Shard, chunk_generator, map_chunks
 
 NCSN_HAS_NO_ELBO = (
     "NCSN has no ELBO: it is a score model sampled by annealed Langevin dynamics, not a latent-variable model, so "
@@ -34,6 +35,14 @@ ADD_ONE_SMOOTHING = 1.0
 BASELINE_MODELS = ("per_pixel_histogram", "per_pixel_histogram_add_one", "shared_histogram", "uniform_over_levels")
 
 
+def _num_chunks(images: torch.Tensor, batch_size: int) -> int:
+    return math.ceil(len(images) / batch_size)
+
+
+def _chunk(images: torch.Tensor, chunk: int, batch_size: int) -> torch.Tensor:
+    return images[chunk * batch_size : (chunk + 1) * batch_size]
+
+
 def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float | None]:
     """Mean over images and its standard error (None for a single image: JSON has no NaN)."""
     values = values.double()
@@ -47,8 +56,10 @@ def likelihood_report(
     num_strata: int = 50,
     batch_size: int = 256,
     seed: int = 0,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Test-set bits/dim of a DDPM: the full ELBO and, with `num_strata` > 0, the stratified estimate.
+    """Test-set bits/dim of a DDPM: the full ELBO and, with `num_strata` > 0, the stratified estimate, on chunks of
+    `batch_size` images (chunk k's noise from `chunk_generator(seed, k)`), shared between processes by `shard`.
 
     Args:
         pipe (`DDPMPosteriorPipeline`): the model.
@@ -56,16 +67,26 @@ def likelihood_report(
         num_strata (`int`, defaults to 50): K of the stratified estimate (capped at T); 0 skips it.
         batch_size (`int`, defaults to 256): UNet inputs per call.
         seed (`int`, defaults to 0): seed of the noise.
+        shard (`Shard`, *optional*): this process's share of the chunks (default: all of them).
 
     Returns:
-        `dict`: `bits_per_dim` and its standard error over images, the mean decoder and prior terms,
+        `dict`, the same on every process and for any number of them: `bits_per_dim` and its standard error over
+        images, the mean decoder and prior terms,
         `terms_mean_per_timestep` (T values), UNet evaluations, and `stratified` (the estimate, its standard error,
         its difference from the full bound with the standard error of that difference, the evaluations saved).
     """
     num_images, num_timesteps = len(images), pipe.scheduler.config.num_train_timesteps
+    shard = shard or Shard()
     start = time.perf_counter()
-    full = pipe.elbo(images, generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
-    bits_per_dim, stderr = _mean_and_stderr(full.bits_per_dim.cpu())
+
+    def chunk_bound(chunk: int) -> ELBOOutput:
+        generator = chunk_generator(seed, chunk)
+        out = pipe.elbo(_chunk(images, chunk, batch_size), generator=generator, batch_size=batch_size)
+        return ELBOOutput(terms=out.terms.cpu(), prior=out.prior.cpu(), bits_per_dim=out.bits_per_dim.cpu())
+
+    parts = map_chunks(shard, _num_chunks(images, batch_size), chunk_bound)
+    full = ELBOOutput(*(torch.cat([part[name] for part in parts]) for name in ("terms", "prior", "bits_per_dim")))
+    bits_per_dim, stderr = _mean_and_stderr(full.bits_per_dim)
     report: dict[str, Any] = {
         "num_images": num_images,
         "num_timesteps": num_timesteps,
@@ -79,7 +100,7 @@ def likelihood_report(
     }
     if num_strata > 0:
         report["stratified"] = stratified_likelihood(
-            pipe, images, min(num_strata, num_timesteps), full.bits_per_dim.cpu(), batch_size, seed
+            pipe, images, min(num_strata, num_timesteps), full.bits_per_dim, batch_size, seed, shard
         )
     return report
 
@@ -92,8 +113,10 @@ def ode_likelihood_report(
     atol: float = 1e-5,
     batch_size: int = 256,
     seed: int = 0,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Test-set bits/dim through the probability-flow ODE (dopri5, Hutchinson's estimate, uniform dequantization).
+    """Test-set bits/dim through the probability-flow ODE (dopri5, Hutchinson's estimate, uniform dequantization),
+    on chunks of `batch_size` images (chunk k's draws from `chunk_generator(seed + 2, k)`), shared by `shard`.
 
     Args:
         pipe (`DDPMPosteriorPipeline` or `NCSNPipeline`): the model.
@@ -102,23 +125,33 @@ def ode_likelihood_report(
         rtol (`float`, defaults to 1e-5), atol (`float`, defaults to 1e-5): the solver's tolerances.
         batch_size (`int`, defaults to 256): images per ODE solve.
         seed (`int`, defaults to 0): the evaluation's seed (the ODE draws from `seed + 2`).
+        shard (`Shard`, *optional*): this process's share of the chunks (default: all of them).
 
     Returns:
         `dict`: `bits_per_dim` and its standard error over images (the probes' noise included), the prior's share,
         the network evaluations (`nfe`, each a batched forward pass), the settings and the wall time.
     """
     start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed + ODE_SEED_OFFSET)
-    out = pipe.ode_likelihood(
-        images, generator=generator, batch_size=batch_size, num_probes=num_probes, rtol=rtol, atol=atol
-    )
-    bits_per_dim, stderr = _mean_and_stderr(out.bits_per_dim.cpu())
+
+    def chunk_bound(chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        out = pipe.ode_likelihood(
+            _chunk(images, chunk, batch_size),
+            generator=chunk_generator(seed + ODE_SEED_OFFSET, chunk),
+            batch_size=batch_size,
+            num_probes=num_probes,
+            rtol=rtol,
+            atol=atol,
+        )
+        return out.bits_per_dim.cpu(), out.prior_bits_per_dim.cpu(), out.nfe
+
+    parts = map_chunks(shard or Shard(), _num_chunks(images, batch_size), chunk_bound)
+    bits_per_dim, stderr = _mean_and_stderr(torch.cat([part[0] for part in parts]))
     return {
         "num_images": len(images),
         "bits_per_dim": bits_per_dim,
         "bits_per_dim_stderr": stderr,
-        "prior_bpd": out.prior_bits_per_dim.double().mean().item(),
-        "nfe": out.nfe,
+        "prior_bpd": torch.cat([part[1] for part in parts]).double().mean().item(),
+        "nfe": sum(part[2] for part in parts),
         "method": "dopri5",
         "rtol": rtol,
         "atol": atol,
@@ -135,8 +168,9 @@ def stratified_likelihood(
     full_bits_per_dim: torch.Tensor,
     batch_size: int,
     seed: int,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """The stratified estimate on the same images as the full bound, and how the two agree.
+    """The stratified estimate on the same images and chunks as the full bound, and how the two agree.
 
     Args:
         pipe (`DDPMPosteriorPipeline`): the model.
@@ -145,13 +179,21 @@ def stratified_likelihood(
         full_bits_per_dim (`torch.Tensor`): (B,) bits/dim of the full bound, per image.
         batch_size (`int`): UNet inputs per call.
         seed (`int`): the full bound's seed (the estimate draws its noise from `seed + 1`).
+        shard (`Shard`, *optional*): this process's share of the chunks (default: all of them).
     """
     start = time.perf_counter()
-    # a different seed from the full bound's: the two estimates must not share their noise
-    generator = torch.Generator().manual_seed(seed + 1)
-    estimate = pipe.stratified_elbo(images, num_strata, generator=generator, batch_size=batch_size)
-    bits_per_dim, stderr = _mean_and_stderr(estimate.bits_per_dim.cpu())
-    difference, difference_stderr = _mean_and_stderr(estimate.bits_per_dim.cpu() - full_bits_per_dim.double())
+
+    def chunk_estimate(chunk: int) -> torch.Tensor:
+        # a different seed from the full bound's: the two estimates must not share their noise
+        generator = chunk_generator(seed + 1, chunk)
+        estimate = pipe.stratified_elbo(
+            _chunk(images, chunk, batch_size), num_strata, generator=generator, batch_size=batch_size
+        )
+        return estimate.bits_per_dim.cpu()
+
+    estimate = torch.cat(map_chunks(shard or Shard(), _num_chunks(images, batch_size), chunk_estimate))
+    bits_per_dim, stderr = _mean_and_stderr(estimate)
+    difference, difference_stderr = _mean_and_stderr(estimate - full_bits_per_dim.double())
     num_images, num_timesteps = len(images), pipe.scheduler.config.num_train_timesteps
     return {
         "num_strata": num_strata,

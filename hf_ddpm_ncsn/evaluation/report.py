@@ -26,6 +26,7 @@ from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from ..plots import image_grid, save_png
 from ..schedulers.validation import check_bool, check_positive_float, check_positive_int
 from ..sharing.atomic import atomic_write_text
+from .distributed import Shard, current_shard, main_process_first
 from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
 from .inception import INCEPTION_MISSING, inception_metrics, load_inception_extractor
 from .likelihood_report import (
@@ -66,6 +67,7 @@ class _Settings:
     classifier_cache_dir: str | os.PathLike | None = None
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    shard: Shard = field(default_factory=Shard)
 
     @property
     def source(self) -> dict[str, str | None]:
@@ -144,11 +146,17 @@ def evaluate(
         kid_subsets (`int`, defaults to 100): subsets of the kernel distances.
         kid_subset_size (`int`, defaults to 1000): subset size of the kernel distances.
 
+    Under `accelerate launch` the processes share the sampling, the ELBO, its stratified estimate and the ODE
+    likelihood (`hf_ddpm_ncsn.evaluation.distributed`: the same numbers for any number of processes), every process
+    returns the whole report, and the main process alone writes the files.
+
     Returns:
         `dict`: the report; `report["model_card_metrics"]` is a flat dict of the headline numbers.
     """
     _check_counts(num_samples, batch_size, elbo_strata, num_elbo_images)
     _check_ode_settings(ode_likelihood, ode_probes, ode_rtol, ode_atol)
+    shard = current_shard()
+    shard.check_chunks(f"--num_samples {num_samples} samples", num_samples, batch_size)
     # loaded first: a wrong path fails before minutes of sampling
     extractor = None if inception_weights is None else load_inception_extractor(inception_weights)
     started = time.perf_counter()
@@ -171,6 +179,7 @@ def evaluate(
         classifier_cache_dir=classifier_cache_dir,
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,
+        shard=shard,
     )
     check_sampling_arguments(pipe, batch_size, settings.sample_kwargs)  # before the data, the classifier, the ELBO
     if output_dir is None and not isinstance(pipeline_or_path, DiffusionPipeline):
@@ -178,7 +187,7 @@ def evaluate(
     report, samples = _measure(pipeline_or_path, pipe, settings, extractor, inception_weights)
     report["timings"]["total"] = time.perf_counter() - started
     report["model_card_metrics"] = model_card_metrics(report)
-    if output_dir is not None:
+    if output_dir is not None and shard.is_main:
         report["files"] = write_outputs(report, samples, output_dir)
     return report
 
@@ -218,11 +227,15 @@ def _measure(
     resolution, channels = _image_shape(pipe)
     with _timed(timings, "load_data"):
         data = _load_data(settings, resolution, channels)
+    likelihood_images = data.held_out[: settings.num_elbo_images or len(data.held_out)]
+    if settings.ode_likelihood or callable(getattr(pipe, "elbo", None)):
+        count = len(likelihood_images)
+        settings.shard.check_chunks(f"{count} held-out images (--num_elbo_images)", count, settings.batch_size)
     report = _header(pipeline_or_path, pipe, settings, data)
     with _timed(timings, "classifier"):
         classifier_resolution = settings.classifier_resolution or (8 if settings.is_digits else min(resolution, 32))
-        classifier, report["classifier"] = _classifier(settings, classifier_resolution, channels)
-    likelihood_images = data.held_out[: settings.num_elbo_images or len(data.held_out)]
+        with main_process_first(settings.shard):  # the main process trains and caches it, the others load it
+            classifier, report["classifier"] = _classifier(settings, classifier_resolution, channels)
     if settings.ode_likelihood:
         with _timed(timings, "ode_likelihood"):
             report["ode_likelihood"] = _ode_likelihood(pipe, likelihood_images, settings)
@@ -237,7 +250,7 @@ def _measure(
     with _timed(timings, "sampling"):
         logger.info("sampling %d images", settings.num_samples)
         samples = generate_samples(
-            pipe, settings.num_samples, settings.batch_size, settings.seed, **settings.sample_kwargs
+            pipe, settings.num_samples, settings.batch_size, settings.seed, settings.shard, **settings.sample_kwargs
         )
     with _timed(timings, "sample_quality"):
         report["sample_quality"] = _sample_quality(samples, data, classifier, settings)
@@ -278,6 +291,7 @@ def _header(
         "pipeline_class": type(pipe).__name__,
         "dataset": settings.train_data_dir or settings.dataset_name or DIGITS,
         "seed": settings.seed,
+        "num_processes": settings.shard.world_size,
         "sample_kwargs": dict(settings.sample_kwargs),
         "counts": {
             "samples": settings.num_samples,
@@ -317,13 +331,20 @@ def _ode_likelihood(
 ) -> dict[str, Any]:
     logger.info("bits/dim of %d held-out images through the probability-flow ODE", len(images))
     return ode_likelihood_report(
-        pipe, images, settings.ode_probes, settings.ode_rtol, settings.ode_atol, settings.batch_size, settings.seed
+        pipe,
+        images,
+        settings.ode_probes,
+        settings.ode_rtol,
+        settings.ode_atol,
+        settings.batch_size,
+        settings.seed,
+        settings.shard,
     )
 
 
 def _likelihood(pipe: DDPMPosteriorPipeline, images: torch.Tensor, settings: _Settings) -> dict[str, Any]:
     logger.info("bits/dim of %d held-out images (every ELBO term, then stratified)", len(images))
-    return likelihood_report(pipe, images, settings.elbo_strata, settings.batch_size, settings.seed)
+    return likelihood_report(pipe, images, settings.elbo_strata, settings.batch_size, settings.seed, settings.shard)
 
 
 def _sample_quality(

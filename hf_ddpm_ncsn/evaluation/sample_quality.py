@@ -4,12 +4,14 @@ coverage, each beside its real-vs-real baseline, and the nearest-training-image 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
+from .distributed import Shard, chunk_generator, map_chunks
 from .feature_classifier import FeatureClassifier
 from .metrics import (
     class_coverage,
@@ -49,31 +51,40 @@ def to_unit_interval(images: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
 def generate_samples(
-    pipe: DiffusionPipeline, num_samples: int, batch_size: int, seed: int = 0, **call_kwargs
+    pipe: DiffusionPipeline,
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+    shard: Shard | None = None,
+    **call_kwargs,
 ) -> torch.Tensor:
-    """`num_samples` images from `pipe`, in batches, from one CPU generator seeded with `seed`.
+    """`num_samples` images from `pipe`, in batches, batch k from its own CPU generator (`chunk_generator`: batch
+    0 from `seed`), shared between processes by `shard`.
 
     Args:
         pipe (`DiffusionPipeline`): an NCSN or DDPM pipeline.
         num_samples (`int`): images to generate.
         batch_size (`int`): images per pipeline call.
-        seed (`int`, defaults to 0): seed of the generator.
+        seed (`int`, defaults to 0): seed of the first batch's generator.
+        shard (`Shard`, *optional*): this process's share of the batches (default: all of them); every process
+            returns all the samples.
         call_kwargs: further sampling arguments of the pipeline (e.g. `num_inference_steps`).
 
     Returns:
-        `torch.Tensor`: uint8 (N, C, H, W), i.e. the 8-bit images a saved PNG would hold.
+        `torch.Tensor`: uint8 (N, C, H, W), i.e. the 8-bit images a saved PNG would hold, the same for any number
+        of processes.
     """
     check_sampling_arguments(pipe, batch_size, call_kwargs)
-    generator = torch.Generator().manual_seed(seed)
-    batches = [
-        pipe(
-            batch_size=min(batch_size, num_samples - start), generator=generator, output_type="np", **call_kwargs
-        ).images
-        for start in range(0, num_samples, batch_size)
-    ]
-    # the pipelines' "np" output is already in [0, 1] (not the models' [-1, 1]): scaled to 8 bits as a PNG would be
-    pixels = torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2)
-    return (pixels * 255).round().clamp(0, 255).to(torch.uint8)
+
+    def batch(chunk: int) -> torch.Tensor:
+        size = min(batch_size, num_samples - chunk * batch_size)
+        generator = chunk_generator(seed, chunk)
+        images = pipe(batch_size=size, generator=generator, output_type="np", **call_kwargs).images
+        # the pipelines' "np" output is already in [0, 1] (not the models' [-1, 1]): 8 bits as a PNG would hold
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+        return (pixels * 255).round().clamp(0, 255).to(torch.uint8)
+
+    return torch.cat(map_chunks(shard or Shard(), math.ceil(num_samples / batch_size), batch))
 
 
 def check_sampling_arguments(pipe: DiffusionPipeline, batch_size: int, call_kwargs: dict[str, Any]) -> None:
