@@ -13,6 +13,7 @@ import sys
 
 from hf_ddpm_ncsn.evaluation import evaluate, format_report
 from hf_ddpm_ncsn.evaluation.arguments import EvaluationArguments, parse_evaluation_arguments
+from hf_ddpm_ncsn.evaluation.distributed import ProcessFailedError, current_shard
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluationArguments:
@@ -23,13 +24,17 @@ def parse_args(argv: list[str] | None = None) -> EvaluationArguments:
 def main(argv: list[str] | None = None) -> int:
     """Parse, evaluate, print the table; returns the exit code (2: bad arguments, 1: the evaluation failed)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    shard = current_shard()  # under `accelerate launch`, the main process alone logs its progress and prints
+    logging.basicConfig(
+        level=logging.INFO if shard.is_main else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
     try:
         report = evaluate(args.pipeline, **args.evaluate_kwargs())
-    except (ValueError, OSError) as err:  # a bad folder, a refused argument, an unreachable Hub: no traceback
+    # a bad folder, a refused argument, an unreachable Hub, another process's failure: one line, no traceback
+    except (ValueError, OSError, ProcessFailedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if "files" in report:  # the main process: under `accelerate launch` the others print nothing
+    if shard.is_main:
         print(format_report(report))
         print("wrote " + ", ".join(report["files"].values()))
     return 0

@@ -13,8 +13,14 @@ import pytest
 import torch
 from support.tiny_models import tiny_ddpm, tiny_ncsn
 
-from hf_ddpm_ncsn.evaluation import generate_samples, likelihood_report
-from hf_ddpm_ncsn.evaluation.distributed import CHUNK_SEED_STRIDE, Shard, map_chunks
+from hf_ddpm_ncsn.evaluation import distributed, generate_samples, likelihood_report
+from hf_ddpm_ncsn.evaluation.distributed import (
+    CHUNK_SEED_STRIDE,
+    ProcessFailedError,
+    Shard,
+    main_process_first,
+    map_chunks,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"
@@ -64,6 +70,43 @@ def test_map_chunks_gives_each_process_every_kth_chunk():
     assert [chunk for chunk in range(7) if Shard(rank=1, world_size=3).owns(chunk)] == [1, 4]
 
 
+def _gather_with_process_1(part_of_process_1):
+    """A gather of two processes in which process 1 contributed `part_of_process_1`."""
+    return lambda objects: [*objects, part_of_process_1]
+
+
+def test_map_chunks_merges_the_processes_parts_in_chunk_order(monkeypatch):
+    monkeypatch.setattr(distributed, "gather_object", _gather_with_process_1(({1: "b", 3: "d"}, None)))
+    calls = []
+    results = map_chunks(Shard(rank=0, world_size=2), 4, lambda chunk: calls.append(chunk) or "ac"[chunk // 2])
+    assert results == ["a", "b", "c", "d"] and calls == [0, 2]
+
+
+def test_a_failure_in_any_process_stops_every_process(monkeypatch):
+    """Process 1 failed in its chunk: process 0 raises too, after the gather, naming it (none is left waiting); a
+    process's own failure is raised as it is."""
+    monkeypatch.setattr(distributed, "gather_object", _gather_with_process_1(({}, "OSError: disk full")))
+    with pytest.raises(ProcessFailedError, match="evaluation process 1 of 2 failed: OSError: disk full"):
+        map_chunks(Shard(rank=0, world_size=2), 2, lambda chunk: chunk)
+
+    def fail(chunk):
+        raise ValueError("bad chunk")
+
+    monkeypatch.setattr(distributed, "gather_object", _gather_with_process_1(({1: 1}, None)))
+    with pytest.raises(ValueError, match="bad chunk"):
+        map_chunks(Shard(rank=0, world_size=2), 2, fail)
+
+
+def test_a_failure_of_the_main_process_first_is_raised_on_the_others(monkeypatch):
+    monkeypatch.setattr(distributed, "broadcast_object_list", lambda objects: ["OSError: no space left"])
+    calls = []
+    with pytest.raises(ProcessFailedError, match="evaluation process 0 of 2 failed: OSError: no space left"):
+        main_process_first(Shard(rank=1, world_size=2), lambda: calls.append(1))
+    assert calls == []  # the others do not start the work the main process failed at
+    monkeypatch.setattr(distributed, "broadcast_object_list", lambda objects: objects)
+    assert main_process_first(Shard(rank=1, world_size=2), lambda: "loaded") == "loaded"
+
+
 def test_too_few_batches_for_the_processes_is_a_clear_error():
     Shard(rank=0, world_size=3).check_chunks("--num_samples 5 samples", 5, 2)  # 3 batches, 3 processes: accepted
     with pytest.raises(ValueError, match=r"--num_samples 4 samples in batches of --batch_size 4 make 1 batch\(es\)"):
@@ -91,10 +134,11 @@ def test_two_gloo_processes_report_the_numbers_of_one_process(tmp_path: Path, fa
     args = ["--pipeline", str(folder), "--num_samples", "10", "--batch_size", "4", "--num_elbo_images", "9",
             "--elbo_strata", "3", "--ode_rtol", "1e-3", "--ode_atol", "1e-3",
             *sampling]  # fmt: skip
-    one = _run([sys.executable], [*args, "--output_dir", str(tmp_path / "one")], tmp_path / "cache")
-    assert one.returncode == 0, one.stderr[-3000:]
+    # two processes first, on an empty cache: the main process trains the classifier, the other loads it
     two = _run(TWO_GLOO_PROCESSES, [*args, "--output_dir", str(tmp_path / "two")], tmp_path / "cache")
     assert two.returncode == 0, two.stderr[-3000:]
+    one = _run([sys.executable], [*args, "--output_dir", str(tmp_path / "one")], tmp_path / "cache")
+    assert one.returncode == 0, one.stderr[-3000:]
     reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("one", "two")]
     assert [report["num_processes"] for report in reports] == [1, 2]
     assert reports[0]["model_card_metrics"] == reports[1]["model_card_metrics"]  # every headline number, exactly

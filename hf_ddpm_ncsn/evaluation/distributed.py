@@ -12,19 +12,22 @@ from `seed` itself, as a one-batch evaluation always has.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 # seeds below 2^32 (the evaluation's) and chunk indices below 2^32 give distinct generator seeds below 2^64
 CHUNK_SEED_STRIDE = 2**32
 
 T = TypeVar("T")
+
+
+class ProcessFailedError(RuntimeError):
+    """Another process of the evaluation failed; this one stops too."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Shard:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the process that writes the files."""
         return self.rank == 0
 
     def owns(self, chunk: int) -> bool:
@@ -72,12 +76,15 @@ def current_shard() -> Shard:
     return Shard(rank=state.process_index, world_size=state.num_processes)
 
 
-@contextmanager
-def main_process_first(shard: Shard) -> Iterator[None]:
-    """The block runs on the main process, then on the others (e.g. training a classifier the others then load
-    from its cache)."""
-    with PartialState().main_process_first() if shard.world_size > 1 else nullcontext():
-        yield
+def main_process_first(shard: Shard, work: Callable[[], T]) -> T:
+    """work() on the main process, then on the others (e.g. a download, or training a classifier that the others
+    then load from its cache). A failure on the main process is raised on every process, instead of leaving the
+    others waiting for it at a barrier."""
+    if shard.world_size == 1:
+        return work()
+    result, failure = _attempt(work) if shard.is_main else (None, None)
+    _raise_any_failure(shard, [_describe(failure)] if shard.is_main else [None], failure, broadcast=True)
+    return result if shard.is_main else work()
 
 
 def chunk_generator(seed: int, chunk: int) -> torch.Generator:
@@ -86,17 +93,44 @@ def chunk_generator(seed: int, chunk: int) -> torch.Generator:
 
 
 def map_chunks(shard: Shard, num_chunks: int, work: Callable[[int], T]) -> list[T]:
-    """[work(0), ..., work(num_chunks - 1)] on every process, each process computing its own chunks.
+    """[work(0), ..., work(num_chunks - 1)] on every process, each process computing its own chunks. A failure in
+    any process is raised on every process once all have reached the gather (none is left waiting).
 
     Args:
         shard (`Shard`): this process's share.
         num_chunks (`int`): how many chunks.
         work (`Callable[[int], T]`): the result of one chunk, picklable (tensors on the CPU).
     """
-    mine = {chunk: work(chunk) for chunk in range(num_chunks) if shard.owns(chunk)}
+    mine, failure = _attempt(lambda: {chunk: work(chunk) for chunk in range(num_chunks) if shard.owns(chunk)})
     if shard.world_size > 1:
-        merged: dict[int, T] = {}
-        for part in gather_object([mine]):
-            merged.update(part)
-        mine = merged
+        parts = gather_object([(mine, _describe(failure))])
+        _raise_any_failure(shard, [message for _, message in parts], failure)
+        mine = {chunk: value for part, _ in parts for chunk, value in part.items()}
+    elif failure is not None:
+        raise failure
     return [mine[chunk] for chunk in range(num_chunks)]
+
+
+def _attempt(work: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return work(), None
+    except Exception as err:  # re-raised by _raise_any_failure, after every process has heard of it
+        return None, err
+
+
+def _describe(failure: Exception | None) -> str | None:
+    return None if failure is None else f"{type(failure).__name__}: {failure}"
+
+
+def _raise_any_failure(
+    shard: Shard, messages: list[str | None], failure: Exception | None, broadcast: bool = False
+) -> None:
+    """Raise this process's own error, or a `ProcessFailedError` naming the process that failed (`messages`: one per
+    process, None where it succeeded; with `broadcast`, the main process's alone, sent to the others)."""
+    if broadcast:
+        messages = broadcast_object_list(messages)
+    if failure is not None:
+        raise failure
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise ProcessFailedError(f"evaluation process {rank} of {shard.world_size} failed: {message}")

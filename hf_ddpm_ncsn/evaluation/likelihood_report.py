@@ -70,8 +70,8 @@ def likelihood_report(
         shard (`Shard`, *optional*): this process's share of the chunks (default: all of them).
 
     Returns:
-        `dict`, the same on every process and for any number of them: `bits_per_dim` and its standard error over
-        images, the mean decoder and prior terms,
+        `dict`, the same on every process and for any number of them but for the timings: `bits_per_dim` and
+        its standard error over images, the mean decoder and prior terms,
         `terms_mean_per_timestep` (T values), UNet evaluations, and `stratified` (the estimate, its standard error,
         its difference from the full bound with the standard error of that difference, the evaluations saved).
     """
@@ -85,7 +85,9 @@ def likelihood_report(
         return ELBOOutput(terms=out.terms.cpu(), prior=out.prior.cpu(), bits_per_dim=out.bits_per_dim.cpu())
 
     parts = map_chunks(shard, _num_chunks(images, batch_size), chunk_bound)
-    full = ELBOOutput(*(torch.cat([part[name] for part in parts]) for name in ("terms", "prior", "bits_per_dim")))
+    full = ELBOOutput(
+        **{name: torch.cat([part[name] for part in parts]) for name in ("terms", "prior", "bits_per_dim")}
+    )
     bits_per_dim, stderr = _mean_and_stderr(full.bits_per_dim)
     report: dict[str, Any] = {
         "num_images": num_images,
@@ -133,7 +135,7 @@ def ode_likelihood_report(
     """
     start = time.perf_counter()
 
-    def chunk_bound(chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def chunk_ode(chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         out = pipe.ode_likelihood(
             _chunk(images, chunk, batch_size),
             generator=chunk_generator(seed + ODE_SEED_OFFSET, chunk),
@@ -144,7 +146,7 @@ def ode_likelihood_report(
         )
         return out.bits_per_dim.cpu(), out.prior_bits_per_dim.cpu(), out.nfe
 
-    parts = map_chunks(shard or Shard(), _num_chunks(images, batch_size), chunk_bound)
+    parts = map_chunks(shard or Shard(), _num_chunks(images, batch_size), chunk_ode)
     bits_per_dim, stderr = _mean_and_stderr(torch.cat([part[0] for part in parts]))
     return {
         "num_images": len(images),

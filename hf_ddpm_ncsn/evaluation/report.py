@@ -160,7 +160,8 @@ def evaluate(
     # loaded first: a wrong path fails before minutes of sampling
     extractor = None if inception_weights is None else load_inception_extractor(inception_weights)
     started = time.perf_counter()
-    pipe = load_pipeline(pipeline_or_path)
+    # a Hub download once, by the main process, before the others read its cache
+    pipe = main_process_first(shard, lambda: load_pipeline(pipeline_or_path))
     settings = _Settings(
         dataset_name=dataset_name,
         train_data_dir=train_data_dir,
@@ -234,8 +235,10 @@ def _measure(
     report = _header(pipeline_or_path, pipe, settings, data)
     with _timed(timings, "classifier"):
         classifier_resolution = settings.classifier_resolution or (8 if settings.is_digits else min(resolution, 32))
-        with main_process_first(settings.shard):  # the main process trains and caches it, the others load it
-            classifier, report["classifier"] = _classifier(settings, classifier_resolution, channels)
+        # the main process trains and caches it, the others load it
+        classifier, report["classifier"] = main_process_first(
+            settings.shard, lambda: _classifier(settings, classifier_resolution, channels)
+        )
     if settings.ode_likelihood:
         with _timed(timings, "ode_likelihood"):
             report["ode_likelihood"] = _ode_likelihood(pipe, likelihood_images, settings)

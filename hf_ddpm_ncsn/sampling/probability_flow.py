@@ -90,12 +90,12 @@ def _dpm_solver_pp_2m(drift: _Drift, x: torch.Tensor, times: Sequence[float]) ->
         alpha_next, sigma_next = drift.process.marginal(t_next)
         lam, lam_next = math.log(alpha / sigma), math.log(alpha_next / sigma_next)
         x0 = (x + sigma**2 * drift.score(x, t)) / alpha
-        direction = x0
+        data_estimate = x0  # D of Lu et al.: x0 extrapolated over the step
         if previous is not None:
             x0_previous, lam_previous = previous
             ratio = (lam - lam_previous) / (lam_next - lam)
-            direction = x0 + (x0 - x0_previous) / (2 * ratio)
-        x = (sigma_next / sigma) * x - alpha_next * math.expm1(lam - lam_next) * direction
+            data_estimate = x0 + (x0 - x0_previous) / (2 * ratio)
+        x = (sigma_next / sigma) * x - alpha_next * math.expm1(lam - lam_next) * data_estimate
         previous = (x0, lam)
     return x
 
