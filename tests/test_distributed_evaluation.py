@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.tiny_models import tiny_ddpm, tiny_ncsn
+from test_training import TWO_GLOO_PROCESSES
 
 from hf_ddpm_ncsn.evaluation import distributed, generate_samples, likelihood_report
 from hf_ddpm_ncsn.evaluation.distributed import (
@@ -24,8 +25,6 @@ from hf_ddpm_ncsn.evaluation.distributed import (
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "evaluate.py"
-TWO_GLOO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
 def _run(launcher: list[str], args: list[str], cache: Path) -> subprocess.CompletedProcess:
