@@ -1,5 +1,6 @@
 """The accelerate training scripts: distributed for real, resume after SIGKILL, push, early and clear errors."""
 
+import io
 import json
 import logging
 import math
@@ -11,12 +12,15 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from hf_ddpm_ncsn.checkpoints import ABANDONED_DIR, read_state
 from hf_ddpm_ncsn.training import list_checkpoints, main
+from hf_ddpm_ncsn.training.arguments import parse_training_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -645,3 +649,50 @@ def test_the_final_save_keeps_other_entries_but_describes_only_the_new_model(ddp
     assert (out / "samples.png").read_bytes() != old_grid
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 3
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trackers
+def test_a_wandb_logger_without_wandb_installed_is_refused_at_parse_time(monkeypatch):
+    from hf_ddpm_ncsn.training import arguments
+
+    real_find_spec = arguments.importlib.util.find_spec
+    monkeypatch.setattr(
+        arguments.importlib.util, "find_spec", lambda name: None if name == "wandb" else real_find_spec(name)
+    )
+    for choice in ("wandb", "all"):
+        with pytest.raises(ValueError, match=rf"--logger {choice} needs wandb, which is not installed: pip install"):
+            parse_training_arguments("ddpm", ["--logger", choice])
+    assert parse_training_arguments("ddpm", ["--logger", "tensorboard"])[0].logger == "tensorboard"
+
+
+@pytest.mark.slow
+def test_logger_all_logs_scalars_and_sample_grids_to_tensorboard_and_offline_wandb(tmp_path):
+    """--logger all with WANDB_MODE=offline (no network): the loss and the preview grids reach both trackers, and
+    each logged grid is the preview PNG the run saved, pixel for pixel."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    tiny = [arg if arg != "none" else "all" for arg in TINY_DDPM]  # TINY's --logger none -> all
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), "--max_train_steps", "4",
+         "--save_images_steps", "2", *tiny],
+        capture_output=True, text=True, timeout=300, env={**ENV, "WANDB_MODE": "offline"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    preview = np.asarray(Image.open(out / "previews" / "step-2.png").convert("RGB"))
+
+    events = EventAccumulator(str(out / "logs" / "ddpm-training"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"samples", "final_samples"} <= set(events.Tags()["images"])
+    assert [event.step for event in events.Images("samples")] == [2, 4]
+    logged = Image.open(io.BytesIO(events.Images("samples")[0].encoded_image_string)).convert("RGB")
+    assert np.array_equal(np.asarray(logged), preview)
+    assert any(tag.startswith("loss") for tag in events.Tags()["scalars"])
+
+    (run,) = (out / "logs" / "wandb").glob("offline-run-*")
+    images = run / "files" / "media" / "images"
+    assert sorted(path.name.split("_")[1] for path in images.glob("samples_*.png")) == ["2", "4"]
+    (step_2,) = images.glob("samples_2_*.png")
+    assert np.array_equal(np.asarray(Image.open(step_2).convert("RGB")), preview)
+    assert list(images.glob("final_samples_4_*.png")) and list(run.glob("run-*.wandb"))

@@ -8,6 +8,7 @@ win.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -33,6 +34,13 @@ from .timestep_sampling import TIMESTEP_SAMPLERS
 __all__ = ["DDPMArguments", "NCSNArguments", "TrainingArguments", "parse_training_arguments"]
 
 # owner/name or name, as the Hub spells repo ids
+#: --logger: the accelerate trackers of each choice
+TRACKERS: dict[str, list[str] | None] = {
+    "tensorboard": ["tensorboard"],
+    "wandb": ["wandb"],
+    "all": ["tensorboard", "wandb"],
+    "none": None,
+}
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -112,7 +120,12 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = _arg(None, '"latest" or a checkpoint folder to resume from.')
     save_images_steps: int = _arg(0, "Log a grid of preview samples every this many steps (0: only at the end).")
     num_preview_images: int = _arg(16, "Images in the preview and final sample grids.")
-    logger: str = _arg("tensorboard", "Experiment tracker.", choices=["tensorboard", "none"])
+    logger: str = _arg(
+        "tensorboard",
+        "Experiment tracker: tensorboard, wandb (the [wandb] extra; WANDB_MODE=offline needs no network), all (both) "
+        "or none.",
+        choices=list(TRACKERS),
+    )
     logging_dir: str = _arg("logs", "Tracker folder, relative to --output_dir.")
     # sharing
     push_to_hub: bool = _arg(False, "Push the final pipeline and its model card to the Hub.")
@@ -131,6 +144,10 @@ class TrainingArguments:
         for name in ("max_train_steps", "checkpoints_total_limit", "layers_per_block"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
+        if "wandb" in (TRACKERS[self.logger] or ()) and importlib.util.find_spec("wandb") is None:
+            raise ValueError(
+                f"--logger {self.logger} needs wandb, which is not installed: pip install 'hf_ddpm_ncsn[wandb]'"
+            )
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must lie in [0, 2**32 - 1] (numpy's seed range), got {self.seed}")
         _check_number("learning_rate", self.learning_rate, low=0.0)

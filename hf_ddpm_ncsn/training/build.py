@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -216,7 +217,9 @@ def _start_trackers(run: TrainingRun) -> None:
     # trackers (tensorboard's hparams) take scalars only
     config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in run.record["arguments"].items()}
     name = f"{run.family.name}-training"
-    on_main_process(run.accelerator, lambda: run.accelerator.init_trackers(name, config=config))
+    # wandb's run folder beside tensorboard's, in the output folder, instead of ./wandb
+    init_kwargs = {"wandb": {"dir": os.path.join(run.args.output_dir, run.args.logging_dir)}}
+    on_main_process(run.accelerator, lambda: run.accelerator.init_trackers(name, config, init_kwargs))
 
 
 def _log_start(run: TrainingRun, num_images: int, channels: int) -> None:

@@ -11,6 +11,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list
 
+from .arguments import TRACKERS
+
 if TYPE_CHECKING:
     from .arguments import TrainingArguments
 
@@ -39,7 +41,7 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
         cpu=cpu,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.logger == "none" else args.logger,
+        log_with=TRACKERS[args.logger],
         project_config=project,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )

@@ -94,10 +94,13 @@ def grid_kwargs(family: Family, class_names: list[str] | None, num_images: int) 
 
 
 def log_image(accelerator: Accelerator, tag: str, image, step: int) -> None:
-    """Send a PIL image to the tensorboard tracker, if the run has one."""
+    """Send a PIL image to the run's trackers (tensorboard, wandb)."""
+    pixels = np.asarray(image.convert("RGB"))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+            tracker.writer.add_image(tag, pixels, step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({tag: [pixels]}, step=step)
 
 
 def preview(
