@@ -89,9 +89,10 @@ class Family:
     def build_unet(self, config: dict[str, Any], resolution: int, channels: int) -> UNet2DModel:
         raise NotImplementedError
 
-    def loss_terms(self, model, scheduler, x0: torch.Tensor) -> LossTerms:
-        """The per-sample training loss and its named parts. A family whose `timestep_sampler` returns a sampler
-        also takes `timesteps=` (B,), the sampler's draws, and leaves the weighting to the caller."""
+    def loss_terms(self, model, scheduler, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossTerms:
+        """The per-sample training loss and its named parts, its timesteps and noise drawn from `generator` (default:
+        the global RNG). A family whose `timestep_sampler` returns a sampler also takes `timesteps=` (B,), the
+        sampler's draws, and leaves the weighting to the caller."""
         raise NotImplementedError
 
     def timestep_sampler(self, scheduler) -> LossSecondMomentSampler | None:
@@ -197,9 +198,11 @@ class NCSNFamily(Family):
         extra = {"time_embedding_type": "fourier"} if self.args.conditioning == "fourier" else {}
         return build_unet(config, resolution, channels, channels, **extra)
 
-    def loss_terms(self, model, scheduler: NCSNScheduler, x0: torch.Tensor) -> LossTerms:
+    def loss_terms(
+        self, model, scheduler: NCSNScheduler, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> LossTerms:
         embedding = "fourier" if self.args.conditioning == "fourier" else "positional"
-        return ncsn_score_matching_terms(model, scheduler, x0, time_embedding_type=embedding)
+        return ncsn_score_matching_terms(model, scheduler, x0, time_embedding_type=embedding, generator=generator)
 
 
 @register_family
@@ -239,11 +242,16 @@ class DDPMFamily(Family):
         return build_unet(config, resolution, channels, 2 * channels if learned else channels)
 
     def loss_terms(
-        self, model, scheduler: DDPMPosteriorScheduler, x0: torch.Tensor, timesteps: torch.Tensor | None = None
+        self,
+        model,
+        scheduler: DDPMPosteriorScheduler,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> LossTerms:
         a = self.args
         return ddpm_loss_terms(
-            model, scheduler, x0, loss_type=a.loss_type, vlb_weight=a.vlb_weight, timesteps=timesteps
+            model, scheduler, x0, a.loss_type, a.vlb_weight, generator=generator, timesteps=timesteps
         )
 
     def timestep_sampler(self, scheduler: DDPMPosteriorScheduler) -> LossSecondMomentSampler | None:

@@ -192,7 +192,8 @@ def bench_ode_likelihood(args) -> list[dict]:
 
 def bench_training(args) -> list[dict]:
     """Images/s of the training loop (accelerate, EMA, data loading, logging off) vs a bare loop on the same
-    model and batch, and one process vs two (gloo on CPU)."""
+    model and batch; with in-training evaluations (their time excluded, as metrics.json's images_per_second
+    excludes it) vs without; and one process vs two (gloo on CPU)."""
     device, steps, batch = args.device, args.train_steps, args.batch_size
     common = [
         "--resolution", str(args.resolution), "--center_crop", "true", "--block_out_channels",
@@ -201,9 +202,13 @@ def bench_training(args) -> list[dict]:
         "--num_preview_images", "1", "--ddpm_num_steps", "100", "--lr_warmup_steps", "0",
     ]  # fmt: skip
 
-    def loop_images_per_second(launcher: list[str], env: dict) -> float:
+    # two evaluations in the run: the loss and a 5-stratum ELBO on 32 held-out images
+    evaluating = ["--eval_steps", str(max(1, steps // 2)), "--eval_num_images", "32", "--eval_num_samples", "0",
+                  "--eval_elbo_strata", "5"]  # fmt: skip
+
+    def loop_images_per_second(launcher: list[str], env: dict, extra: tuple[str, ...] = ()) -> float:
         with tempfile.TemporaryDirectory() as out:
-            command = [*launcher, str(ROOT / "scripts" / "train_ddpm.py"), "--output_dir", out, *common]
+            command = [*launcher, str(ROOT / "scripts" / "train_ddpm.py"), "--output_dir", out, *common, *extra]
             subprocess.run(command, check=True, capture_output=True, env={**os.environ, **env})
             return json.loads(Path(out, "metrics.json").read_text())["images_per_second"]
 
@@ -225,12 +230,15 @@ def bench_training(args) -> list[dict]:
         return steps * batch / (time.perf_counter() - start)
 
     python = [sys.executable]
-    loop, bare = [], []
+    loop, bare, evaluated = [], [], []
     for _ in range(max(1, args.repeats // 3)):
         loop.append(loop_images_per_second(python, {}))
         bare.append(bare_images_per_second())
+        evaluated.append(loop_images_per_second(python, {}, tuple(evaluating)))
     rows = [row("training loop vs bare loop (images/s, higher is better)", statistics.median(loop),
-                statistics.median(bare), goal=">= 0.95", unit="img/s")]  # fmt: skip
+                statistics.median(bare), goal=">= 0.95", unit="img/s"),
+            row("training between evaluations: --eval_steps vs none (images/s)", statistics.median(evaluated),
+                statistics.median(loop), goal=">= 0.95", unit="img/s")]  # fmt: skip
     if device == "cpu":
         threads = max(1, (os.cpu_count() or 2) // 2)
         two_proc = loop_images_per_second(TWO_GLOO_PROCESSES, {"OMP_NUM_THREADS": str(threads)})

@@ -3,7 +3,9 @@
     python scripts/evaluate.py --pipeline out/ddpm-digits --num_samples 1000
 
 writes report.json, samples.png and (DDPM) elbo_terms.png to --output_dir and prints a table of the metrics, each
-beside its real-vs-real baseline.
+beside its real-vs-real baseline: the classifier Fréchet distance also as a ratio to the baseline's mean over
+--baseline_draws draws of training images, with the draws' spread and the bootstrap spread from the held-out
+images (--reference_bootstraps).
 """
 
 from __future__ import annotations

@@ -38,6 +38,13 @@ from hf_ddpm_ncsn.evaluation import (
     write_outputs,
 )
 from hf_ddpm_ncsn.evaluation.likelihood_report import ode_likelihood_report
+from hf_ddpm_ncsn.evaluation.metrics import feature_statistics, frechet_distance
+from hf_ddpm_ncsn.evaluation.sample_quality import (
+    baseline_draw_rows,
+    baseline_spread,
+    classifier_outputs,
+    reference_bootstrap,
+)
 from hf_ddpm_ncsn.feature_classifier import (
     MissingLabelsError,
     TrainingSettings,
@@ -181,6 +188,187 @@ def test_samples_of_another_size_are_resized_for_the_classifier(classifier, digi
     assert as_real["classifier_frechet_distance"] < 2 * fd_baseline < as_noise["classifier_frechet_distance"] / 5
     flat = torch.full((2, 3, 20, 20), 0.25)
     torch.testing.assert_close(resize_images(flat, 8), torch.full((2, 3, 8, 8), 0.25))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# How sure the sample metrics are: the baseline over several draws of real images, the held-out reference's bootstrap
+def test_baseline_draw_0_is_the_single_draw_of_before_and_every_draw_is_distinct_training_images():
+    for num_train, num_samples, num_draws, seed in [
+        (1617, 500, 3, 0),
+        (1617, 500, 5, 3),
+        (10, 10, 4, 1),
+        (7, 10, 3, 0),
+    ]:
+        rows = baseline_draw_rows(num_train, num_samples, num_draws, seed)
+        # the expression the evaluation used before there were draws
+        before = np.sort(np.random.default_rng(seed).permutation(num_train)[:num_samples])
+        np.testing.assert_array_equal(rows[0], before)
+        assert len(rows) == num_draws
+        for draw in rows:
+            assert len(draw) == len(np.unique(draw)) == min(num_samples, num_train)
+            assert draw.min() >= 0 and draw.max() < num_train
+    disjoint = baseline_draw_rows(1617, 500, 3, 0)  # room for 3 x 500: no image in two draws
+    assert len(np.unique(np.concatenate(disjoint))) == 1500
+    overlapping = baseline_draw_rows(1617, 500, 5, 0)  # no room: independent draws, not copies of draw 0
+    assert len({draw.tobytes() for draw in overlapping}) == 5
+    # each draw is a uniform subset: a row is in a draw with probability num_samples / num_train = 1/4
+    many = baseline_draw_rows(20, 5, 2001, 0)[1:]
+    inclusion = np.bincount(np.concatenate(many), minlength=20) / len(many)
+    assert np.abs(inclusion - 0.25).max() < 0.05  # 5 binomial standard deviations (0.0097)
+
+
+def test_every_draw_of_a_training_set_of_exactly_num_samples_images_is_that_set(classifier, digits):
+    # 40 training images and 40 samples: every draw is the whole training set, so the draws cannot spread at all
+    train, samples = digits["train"][:40], digits["train"][40:80]
+    baseline = train[baseline_draw_rows(40, 40, 1, 0)[0]]
+    quality = sample_quality(
+        samples, digits["held_out"], baseline, classifier, train=train, baseline_draws=4, reference_bootstraps=5
+    )
+    draws, fd_baseline = (
+        quality["classifier_real_baseline_draws"],
+        quality["classifier_frechet_distance_real_baseline"],
+    )
+    assert draws["num_draws"] == 4
+    assert draws["frechet_distance"] == [fd_baseline] * 4
+    assert draws["kid"] == [quality["classifier_kid_real_baseline"]] * 4
+    assert quality["classifier_frechet_distance_real_baseline_mean"] == fd_baseline
+    assert quality["classifier_frechet_distance_real_baseline_std"] == 0.0
+    assert draws["kid_std"] == draws["class_coverage_std"] == 0.0
+    assert quality["classifier_frechet_distance_ratio"] == quality["classifier_frechet_distance"] / fd_baseline
+    assert quality["classifier_frechet_distance_ratio_std"] == 0.0
+    assert quality["classifier_reference_bootstrap"]["num_held_out_images"] == 180
+
+
+def test_baseline_draws_leave_draw_0_and_the_samples_numbers_as_they_were(classifier, digits):
+    train, held_out = digits["train"], digits["held_out"]
+    baseline = train[baseline_draw_rows(len(train), 100, 1, 0)[0]]
+    samples = train[baseline_draw_rows(len(train), 100, 1, 9)[0]]
+    one = sample_quality(samples, held_out, baseline, classifier, train=train)
+    five = sample_quality(
+        samples, held_out, baseline, classifier, train=train, baseline_draws=5, reference_bootstraps=20
+    )
+    fd = "classifier_frechet_distance"
+    new_keys = {f"{fd}_{name}" for name in ("real_baseline_mean", "real_baseline_std", "ratio", "ratio_std")}
+    new_keys |= {"classifier_real_baseline_draws", "classifier_reference_bootstrap"}
+    assert new_keys <= set(one) == set(five)
+    for key in set(one) - new_keys:
+        assert five[key] == one[key], key  # to the bit
+    # the single-draw Fréchet distance of before, from the features directly
+    features = {name: classifier_outputs(classifier, x)[0] for name, x in (("base", baseline), ("ref", held_out))}
+    before = frechet_distance(*feature_statistics(features["base"]), *feature_statistics(features["ref"]))
+    assert five["classifier_frechet_distance_real_baseline"] == before
+    assert five["classifier_real_baseline_draws"]["frechet_distance"][0] == before
+    assert five["classifier_frechet_distance_real_baseline_std"] > 0  # 100 of 1617 images: the draws do differ
+    assert one["classifier_frechet_distance_real_baseline_std"] is None  # one draw has no spread
+    assert one["classifier_frechet_distance_ratio"] == one["classifier_frechet_distance"] / before
+    with pytest.raises(ValueError, match="baseline_draws=2 needs the training images"):
+        sample_quality(samples, held_out, baseline, classifier, baseline_draws=2)
+
+
+def _chi_moment(order: int, dof: int) -> float:
+    """E[s^order] for s = sqrt(chi2_dof / dof), the sample standard deviation of dof + 1 unit Gaussians."""
+    return math.exp(math.lgamma((dof + order) / 2) - math.lgamma(dof / 2)) * (2 / dof) ** (order / 2)
+
+
+def test_baseline_draws_of_gaussian_features_spread_as_the_frechet_distance_of_a_finite_sample_does():
+    # 1-D features, a reference with exactly mean 0 and variance 1: a draw of n unit Gaussians has Fréchet distance
+    # m^2 + (s - 1)^2 with m ~ N(0, 1/n) independent of s (the sample std, ddof 1, as the covariance), so
+    # E = 1/n + 2 - 2 E[s] and Var = 2/n^2 + E(s - 1)^4 - (E(s - 1)^2)^2, with E[s^k] the chi moments
+    rng = np.random.default_rng(0)
+    n, num_draws = 50, 2000
+    reference = rng.normal(size=(300, 1))
+    reference = (reference - reference.mean()) / reference.std(ddof=1)
+    draws = [rng.normal(size=(n, 1)) for _ in range(num_draws)]
+    spread = baseline_spread(rng.normal(0.5, 1, size=(n, 1)), reference, draws, kid_subsets=1, kid_subset_size=10)
+    s1, s3, s4 = (_chi_moment(k, n - 1) for k in (1, 3, 4))
+    second = 2 - 2 * s1  # E(s - 1)^2
+    fourth = s4 - 4 * s3 + 6 - 4 * s1 + 1  # E(s - 1)^4
+    mean, std = 1 / n + second, math.sqrt(2 / n**2 + fourth - second**2)
+    assert spread["frechet_distance_real_baseline_mean"] == pytest.approx(mean, abs=4 * std / math.sqrt(num_draws))
+    assert spread["frechet_distance_real_baseline_std"] == pytest.approx(std, rel=0.15)  # its standard error: ~4%
+    assert spread["real_baseline_draws"]["num_draws"] == num_draws
+    assert spread["reference_bootstrap"] == {"num_held_out_images": 300, "resamples": 0}
+
+
+def test_the_reference_bootstrap_spreads_the_frechet_distance_as_the_reference_mean_does():
+    # samples far from the reference (their mean d = 3 away): FD = (d - e)^2 + (a covariance term of order 1/M), e
+    # the resampled reference mean's deviation, of variance v = population variance / M exactly; so the bootstrap
+    # standard deviation of FD is 2 |d| sqrt(v) to first order
+    rng = np.random.default_rng(1)
+    count = 400
+    reference = rng.normal(size=(count, 1))
+    samples, draw = rng.normal(3.0, 1.0, size=(2000, 1)), rng.normal(size=(2000, 1))
+    statistics = [feature_statistics(x) for x in (samples, draw)]
+    section = reference_bootstrap(statistics[0], statistics[1:], reference, resamples=400, seed=0)
+    d = samples.mean() - reference.mean()
+    expected = 2 * abs(d) * reference.std() / math.sqrt(count)
+    assert section["num_held_out_images"] == count and section["resamples"] == 400
+    assert section["frechet_distance_std"] == pytest.approx(expected, rel=0.12)  # standard error of the std: ~4%
+    # identical reference images: every resample is the same set, nothing to spread
+    same = reference_bootstrap(statistics[0], statistics[1:], np.ones((count, 1)), resamples=10, seed=0)
+    assert same["frechet_distance_std"] == same["frechet_distance_real_baseline_std"] == 0.0
+    assert reference_bootstrap(statistics[0], statistics[1:], reference, resamples=0) == {
+        "num_held_out_images": count,
+        "resamples": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        ({"baseline_draws": 0}, "baseline_draws must be an integer >= 1, got 0"),
+        ({"baseline_draws": -3}, "baseline_draws must be an integer >= 1, got -3"),
+        ({"baseline_draws": 2.5}, "baseline_draws must be an integer >= 1, got 2.5"),
+        ({"baseline_draws": True}, "baseline_draws must be an integer >= 1, got True"),
+        ({"baseline_draws": "5"}, "baseline_draws must be an integer >= 1, got '5'"),
+        ({"reference_bootstraps": -1}, "reference_bootstraps must be an integer >= 0, got -1"),
+    ],
+)
+def test_a_bad_number_of_baseline_draws_or_bootstraps_is_refused_before_any_work(monkeypatch, arguments, match):
+    def expensive(*args, **kwargs):
+        raise AssertionError("expensive work started before the arguments were checked")
+
+    for name in ("load_pipeline", "load_images", "load_or_train_classifier", "generate_samples", "sample_quality"):
+        monkeypatch.setattr(evaluation_report, name, expensive)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        evaluate(tiny_ncsn(), num_samples=4, batch_size=4, **arguments)
+
+
+def test_evaluate_reports_the_baseline_over_its_draws_and_prints_the_ratio(cache_root: Path, digits):
+    kwargs = {"num_samples": 8, "batch_size": 8, "sample_kwargs": {"num_langevin_steps": 1}, "ode_likelihood": False}
+    kwargs["classifier_cache_dir"] = cache_root / "classifiers"
+    single = evaluate(tiny_ncsn(), baseline_draws=1, reference_bootstraps=0, **kwargs)
+    report = evaluate(tiny_ncsn(), baseline_draws=3, reference_bootstraps=10, **kwargs)
+    quality, metrics = report["sample_quality"], report["model_card_metrics"]
+    for key in (
+        "classifier_frechet_distance",
+        "classifier_frechet_distance_real_baseline",
+        "classifier_kid_real_baseline",
+    ):
+        assert quality[key] == single["sample_quality"][key]  # draw 0 is the baseline of before
+    draws = quality["classifier_real_baseline_draws"]
+    assert (
+        draws["num_draws"] == 3
+        and draws["frechet_distance"][0] == quality["classifier_frechet_distance_real_baseline"]
+    )
+    assert quality["classifier_frechet_distance_real_baseline_mean"] == pytest.approx(
+        np.mean(draws["frechet_distance"])
+    )
+    assert quality["classifier_reference_bootstrap"]["num_held_out_images"] == 180
+    assert metrics["classifier_frechet_distance_ratio"] == quality["classifier_frechet_distance_ratio"]
+    assert (
+        metrics["classifier_frechet_distance_real_baseline_std"]
+        == quality["classifier_frechet_distance_real_baseline_std"]
+    )
+    assert "classifier_frechet_distance_real_baseline_std" not in single["model_card_metrics"]  # one draw: no spread
+    table = format_report(report)
+    assert "(draw 0 of 3)" in table.splitlines()[0]
+    ratio_row = next(line for line in table.splitlines() if line.startswith("  ratio to the baseline mean (3 draws"))
+    assert f"{quality['classifier_frechet_distance_ratio']:.4g} ± " in ratio_row
+    assert f"{quality['classifier_frechet_distance_real_baseline_mean']:.4g} ± " in ratio_row
+    assert "  ± from the 180 held-out images (bootstrap, 10 resamples; ratio ± " in table
+    assert "  ratio to the baseline (1 draw)  " in format_report(single)
+    assert "bootstrap" not in format_report(single)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -594,6 +782,8 @@ def _evaluate_script():
         (["--elbo_strata", "-1"], "argument --elbo_strata: must be an integer >= 0, got -1"),
         (["--num_langevin_steps", "0"], "argument --num_langevin_steps: must be an integer >= 1, got 0"),
         (["--batch_size", "many"], "argument --batch_size/--batch-size: invalid int value: 'many'"),
+        (["--baseline_draws", "0"], "argument --baseline_draws: must be an integer >= 1, got 0"),
+        (["--reference_bootstraps", "-1"], "argument --reference_bootstraps: must be an integer >= 0, got -1"),
     ],
 )
 def test_the_script_names_a_bad_or_unknown_flag_at_parse_time(tmp_path, capsys, arguments, message):
@@ -617,6 +807,8 @@ def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path,
         "elbo_strata": 50,
         "batch_size": 256,
         "seed": 0,
+        "baseline_draws": 5,
+        "reference_bootstraps": 50,
         "inception_weights": None,
         "output_dir": str(tmp_path / "pipe" / "eval"),
         "sample_kwargs": {"num_langevin_steps": 3},

@@ -27,6 +27,8 @@ _MINIMUMS = {
     "num_langevin_steps": 1,
     "num_ode_steps": 0,
     "ode_probes": 1,
+    "baseline_draws": 1,
+    "reference_bootstraps": 0,
 }
 
 
@@ -60,6 +62,17 @@ class EvaluationArguments:
     elbo_strata: int = _arg(50, "K of the stratified ELBO estimate, one timestep per stratum and image (0 skips it).")
     batch_size: int = _arg(256, "Images per sampling call, UNet inputs per ELBO call.")
     seed: int = _arg(0, "Seed of sampling, ELBO noise and the baseline images.")
+    baseline_draws: int = _arg(
+        5,
+        "Draws of as many training images as samples for the real-vs-real baseline of the classifier metrics: the "
+        "report gives their mean and spread and the Fréchet distance as a ratio to that mean (draw 0 is the single "
+        "baseline of before; 1 keeps only it).",
+    )
+    reference_bootstraps: int = _arg(
+        50,
+        "Bootstrap resamples of the held-out images: the spread that the fixed reference puts on the Fréchet "
+        "distances and their ratio (0 skips it).",
+    )
     inception_weights: str | None = _arg(
         None,
         "A local TorchScript Inception feature extractor (float images in [0, 255], (N, 3, 299, 299) -> (N, 2048)) "
@@ -147,6 +160,8 @@ class EvaluationArguments:
             "elbo_strata": self.elbo_strata,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "baseline_draws": self.baseline_draws,
+            "reference_bootstraps": self.reference_bootstraps,
             "inception_weights": self.inception_weights,
             "output_dir": self.output_dir or default_output_dir(self.pipeline),
             "sample_kwargs": self.sample_kwargs(),

@@ -34,6 +34,8 @@ from ..sharing.atomic import atomic_write_bytes, atomic_write_text
 # Bump when the architecture or the training recipe changes: cached classifiers of another version are not reused.
 CLASSIFIER_VERSION = "v2"
 CACHE_ENV = "HF_DDPM_NCSN_CACHE"
+# fixed, not an evaluation's seed: every evaluation of a dataset measures in the same feature space
+CLASSIFIER_SEED = 0
 
 
 class MissingLabelsError(ValueError):
@@ -139,6 +141,14 @@ def load_images(
     images = model_to_uint8(pixels)
     labels = torch.tensor(dataset["label"], dtype=torch.int64) if "label" in dataset.column_names else None
     return images, labels
+
+
+def default_classifier_resolution(dataset_name: str | None, train_data_dir: str | None, resolution: int) -> int:
+    """The classifier's input size for images of `resolution`: the digits' native 8, else the images' size up to
+    32."""
+    if train_data_dir is None and dataset_name in (None, DIGITS):
+        return 8
+    return min(resolution, 32)
 
 
 def default_cache_dir() -> Path:

@@ -63,7 +63,7 @@ def inception_features(extractor: torch.nn.Module, images: torch.Tensor, batch_s
         # float32 bilinear weights can overshoot 255 by an ulp; the extractor's contract is [0, 255]
         inputs = resize_images(inputs, INCEPTION_SIZE).clamp(0, 255)
         outputs = extractor(inputs, return_features=True) if return_features else extractor(inputs)
-        features.append(outputs.reshape(len(batch), -1).double().numpy())
+        features.append(outputs.reshape(len(batch), -1).double().cpu().numpy())
     return np.concatenate(features)
 
 

@@ -167,7 +167,7 @@ def stratified_likelihood(
     pipe: DDPMPosteriorPipeline,
     images: torch.Tensor,
     num_strata: int,
-    full_bits_per_dim: torch.Tensor,
+    full_bits_per_dim: torch.Tensor | None,
     batch_size: int,
     seed: int,
     shard: Shard | None = None,
@@ -178,36 +178,44 @@ def stratified_likelihood(
         pipe (`DDPMPosteriorPipeline`): the model.
         images (`torch.Tensor`): uint8 (B, C, H, W) held-out images, the full bound's.
         num_strata (`int`): K, at most T.
-        full_bits_per_dim (`torch.Tensor`): (B,) bits/dim of the full bound, per image.
+        full_bits_per_dim (`torch.Tensor`, *optional*): (B,) bits/dim of the full bound, per image; without it the
+            difference from the full bound is not reported.
         batch_size (`int`): UNet inputs per call.
         seed (`int`): the full bound's seed (the estimate draws its noise from `seed + 1`).
         shard (`Shard`, *optional*): this process's share of the chunks (default: all of them).
+
+    Returns:
+        `dict`: `bits_per_dim` and its standard error, the mean term L_t of each stratum (`terms_per_stratum`, in
+        bits/dim per timestep) at the mean timestep drawn in it (`mean_timestep_per_stratum`), the UNet evaluations.
     """
     start = time.perf_counter()
 
-    def chunk_estimate(chunk: int) -> torch.Tensor:
+    def chunk_estimate(chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # a different seed from the full bound's: the two estimates must not share their noise
         generator = chunk_generator(seed + 1, chunk)
         estimate = pipe.stratified_elbo(
             _chunk(images, chunk, batch_size), num_strata, generator=generator, batch_size=batch_size
         )
-        return estimate.bits_per_dim.cpu()
+        return estimate.bits_per_dim.cpu(), estimate.terms.cpu(), estimate.timesteps.cpu()
 
-    estimate = torch.cat(map_chunks(shard or Shard(), _num_chunks(images, batch_size), chunk_estimate))
+    parts = map_chunks(shard or Shard(), _num_chunks(images, batch_size), chunk_estimate)
+    estimate = torch.cat([part[0] for part in parts])
     bits_per_dim, stderr = _mean_and_stderr(estimate)
-    difference, difference_stderr = _mean_and_stderr(estimate - full_bits_per_dim.double())
     num_images, num_timesteps = len(images), pipe.scheduler.config.num_train_timesteps
-    return {
+    report = {
         "num_strata": num_strata,
         "spacing": "log",
         "bits_per_dim": bits_per_dim,
         "bits_per_dim_stderr": stderr,
-        "difference_from_full": difference,
-        "difference_stderr": difference_stderr,
+        "terms_per_stratum": torch.cat([part[1] for part in parts]).double().mean(dim=0).tolist(),
+        "mean_timestep_per_stratum": torch.cat([part[2] for part in parts]).double().mean(dim=0).tolist(),
         "unet_evaluations": num_images * num_strata,
         "unet_evaluations_saved": num_images * (num_timesteps - num_strata),
-        "seconds": time.perf_counter() - start,
     }
+    if full_bits_per_dim is not None:
+        difference, difference_stderr = _mean_and_stderr(estimate - full_bits_per_dim.double())
+        report.update(difference_from_full=difference, difference_stderr=difference_stderr)
+    return {**report, "seconds": time.perf_counter() - start}
 
 
 def plot_elbo_terms(terms: list[float], path: str | os.PathLike) -> None:

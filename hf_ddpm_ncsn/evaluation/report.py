@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
@@ -27,7 +26,14 @@ from ..plots import image_grid, save_png
 from ..schedulers.validation import check_bool, check_positive_float, check_positive_int
 from ..sharing.atomic import atomic_write_text
 from .distributed import Shard, current_shard, main_process_first
-from .feature_classifier import FeatureClassifier, MissingLabelsError, load_images, load_or_train_classifier
+from .feature_classifier import (
+    CLASSIFIER_SEED,
+    FeatureClassifier,
+    MissingLabelsError,
+    default_classifier_resolution,
+    load_images,
+    load_or_train_classifier,
+)
 from .inception import INCEPTION_MISSING, inception_metrics, load_inception_extractor
 from .likelihood_report import (
     BASELINE_MODELS,
@@ -38,11 +44,16 @@ from .likelihood_report import (
     plot_elbo_terms,
 )
 from .loading import default_output_dir, load_pipeline
-from .sample_quality import check_sampling_arguments, generate_samples, sample_quality
+from .sample_quality import (
+    baseline_draw_rows,
+    check_baseline_settings,
+    check_sampling_arguments,
+    generate_samples,
+    sample_quality,
+)
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIER_SEED = 0
 GRID_IMAGES = 64
 
 
@@ -67,6 +78,8 @@ class _Settings:
     classifier_cache_dir: str | os.PathLike | None = None
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    baseline_draws: int = 5
+    reference_bootstraps: int = 50
     shard: Shard = field(default_factory=Shard)
 
     @property
@@ -78,10 +91,6 @@ class _Settings:
             "image_column": self.image_column,
         }
 
-    @property
-    def is_digits(self) -> bool:
-        return self.train_data_dir is None and self.dataset_name in (None, DIGITS)
-
 
 @dataclass(frozen=True)
 class _Data:
@@ -89,7 +98,7 @@ class _Data:
 
     held_out: torch.Tensor
     train: torch.Tensor
-    baseline: torch.Tensor  # as many training images as samples: the real-vs-real baseline
+    baseline: torch.Tensor  # as many training images as samples: the real-vs-real baseline (its draw 0)
 
 
 def evaluate(
@@ -114,6 +123,8 @@ def evaluate(
     classifier_cache_dir: str | os.PathLike | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    baseline_draws: int = 5,
+    reference_bootstraps: int = 50,
 ) -> dict[str, Any]:
     """Evaluate a pipeline on the held-out split of its dataset and write the report (see `hf_ddpm_ncsn.evaluation`).
 
@@ -145,6 +156,12 @@ def evaluate(
             `hf_ddpm_ncsn.evaluation.feature_classifier`).
         kid_subsets (`int`, defaults to 100): subsets of the kernel distances.
         kid_subset_size (`int`, defaults to 1000): subset size of the kernel distances.
+        baseline_draws (`int`, defaults to 5): draws of as many training images as samples for the classifier
+            metrics' real-vs-real baseline (`baseline_draw_rows`; draw 0 is the single draw of before, and the
+            `*_real_baseline` numbers are still its own); the report adds their mean and spread and the samples'
+            Fréchet distance as a ratio to that mean (`sample_quality.baseline_spread`).
+        reference_bootstraps (`int`, defaults to 50): bootstrap resamples of the held-out images for the spread
+            that the fixed reference puts on the Fréchet distances (0 skips it).
 
     Under `accelerate launch` the processes share the sampling, the ELBO, its stratified estimate and the ODE
     likelihood (`hf_ddpm_ncsn.evaluation.distributed`: the same numbers for any number of processes), every process
@@ -154,6 +171,7 @@ def evaluate(
         `dict`: the report; `report["model_card_metrics"]` is a flat dict of the headline numbers.
     """
     _check_counts(num_samples, batch_size, elbo_strata, num_elbo_images)
+    check_baseline_settings(baseline_draws, reference_bootstraps)
     _check_ode_settings(ode_likelihood, ode_probes, ode_rtol, ode_atol)
     shard = current_shard()
     shard.check_chunks(f"--num_samples {num_samples} samples", num_samples, batch_size)
@@ -180,6 +198,8 @@ def evaluate(
         classifier_cache_dir=classifier_cache_dir,
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,
+        baseline_draws=baseline_draws,
+        reference_bootstraps=reference_bootstraps,
         shard=shard,
     )
     check_sampling_arguments(pipe, batch_size, settings.sample_kwargs)  # before the data, the classifier, the ELBO
@@ -234,7 +254,9 @@ def _measure(
         settings.shard.check_chunks(f"{count} held-out images (--num_elbo_images)", count, settings.batch_size)
     report = _header(pipeline_or_path, pipe, settings, data)
     with _timed(timings, "classifier"):
-        classifier_resolution = settings.classifier_resolution or (8 if settings.is_digits else min(resolution, 32))
+        classifier_resolution = settings.classifier_resolution or default_classifier_resolution(
+            settings.dataset_name, settings.train_data_dir, resolution
+        )
         # the main process trains and caches it, the others load it
         classifier, report["classifier"] = main_process_first(
             settings.shard, lambda: _classifier(settings, classifier_resolution, channels)
@@ -278,8 +300,8 @@ def _load_data(settings: _Settings, resolution: int, channels: int) -> _Data:
     logger.info("loading the held-out and training images at %d px", resolution)
     held_out, _ = load_images(**settings.source, split="test", resolution=resolution, channels=channels)
     train, _ = load_images(**settings.source, split="train", resolution=resolution, channels=channels)
-    baseline_rows = np.random.default_rng(settings.seed).permutation(len(train))[: settings.num_samples]
-    return _Data(held_out=held_out, train=train, baseline=train[np.sort(baseline_rows)])
+    (baseline_rows,) = baseline_draw_rows(len(train), settings.num_samples, 1, settings.seed)
+    return _Data(held_out=held_out, train=train, baseline=train[baseline_rows])
 
 
 def _header(
@@ -363,6 +385,8 @@ def _sample_quality(
         kid_subset_size=settings.kid_subset_size,
         seed=settings.seed,
         batch_size=settings.batch_size,
+        baseline_draws=settings.baseline_draws,
+        reference_bootstraps=settings.reference_bootstraps,
     )
 
 
@@ -400,6 +424,10 @@ def model_card_metrics(report: dict[str, Any]) -> dict[str, float]:
             for name in (
                 "classifier_frechet_distance",
                 "classifier_frechet_distance_real_baseline",
+                "classifier_frechet_distance_real_baseline_mean",
+                "classifier_frechet_distance_real_baseline_std",
+                "classifier_frechet_distance_ratio",
+                "classifier_frechet_distance_ratio_std",
                 "classifier_kid",
                 "classifier_kid_real_baseline",
                 "class_coverage",

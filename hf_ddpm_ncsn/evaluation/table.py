@@ -1,4 +1,5 @@
-"""The printed table of an evaluation report: the headline numbers, each beside its real-vs-real baseline, and the
+"""The printed table of an evaluation report: the headline numbers, each beside its real-vs-real baseline (the
+classifier Fréchet distance also as a ratio to the baseline's mean over its draws, with the spreads of both), and the
 bits/dim beside the reference models' on the same held-out images."""
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _heading(report: dict[str, Any]) -> str:
     counts = report.get("counts", {})
+    draws = report.get("sample_quality", {}).get("classifier_real_baseline_draws", {}).get("num_draws", 1)
     return (
         f"Evaluation of {report.get('pipeline') or 'a pipeline'} ({report.get('pipeline_class')}) on "
         f"{report.get('dataset')}, seed {report.get('seed')}: {counts.get('samples')} samples vs "
         f"{counts.get('held_out')} held-out images; baseline: {counts.get('baseline_train_images')} training images"
+        + (f" (draw 0 of {draws})" if draws > 1 else "")
     )
 
 
@@ -106,11 +109,13 @@ def _classifier_rows(quality: dict[str, Any], classifier: dict[str, Any]) -> lis
                 _number(quality["classifier_frechet_distance"]),
                 _number(quality["classifier_frechet_distance_real_baseline"]),
             ),
+            *_frechet_spread_rows(quality),
             (
                 "classifier_kid",
                 _number(quality["classifier_kid"], quality["classifier_kid_std"]),
                 _number(quality["classifier_kid_real_baseline"], quality["classifier_kid_real_baseline_std"]),
             ),
+            *_kid_draw_rows(quality),
             (
                 "class_coverage (entropy / log K)",
                 _number(quality["class_coverage"]),
@@ -120,6 +125,50 @@ def _classifier_rows(quality: dict[str, Any], classifier: dict[str, Any]) -> lis
     if "held_out_accuracy" in classifier:
         rows.append(("classifier held-out accuracy", _number(classifier["held_out_accuracy"]), ""))
     return rows
+
+
+def _frechet_spread_rows(quality: dict[str, Any]) -> list[_Row]:
+    """Indented rows under the Fréchet distance: its ratio to the baseline's mean over the draws (± what the draws'
+    spread implies, beside that mean ± the draws' standard deviation), and the held-out reference's bootstrap."""
+    if quality.get("classifier_frechet_distance_ratio") is None:
+        return []
+    draws = quality["classifier_real_baseline_draws"]["num_draws"]
+    rows = [
+        (
+            f"  ratio to the baseline mean ({draws} draws: mean ± std)"
+            if draws > 1
+            else "  ratio to the baseline (1 draw)",
+            _number(quality["classifier_frechet_distance_ratio"], quality["classifier_frechet_distance_ratio_std"]),
+            _number(
+                quality["classifier_frechet_distance_real_baseline_mean"],
+                quality["classifier_frechet_distance_real_baseline_std"],
+            ),
+        )
+    ]
+    bootstrap = quality.get("classifier_reference_bootstrap", {})
+    if bootstrap.get("frechet_distance_std") is not None:
+        ratio_spread = bootstrap.get("frechet_distance_ratio_std")
+        name = (
+            f"  ± from the {bootstrap['num_held_out_images']} held-out images (bootstrap, {bootstrap['resamples']}"
+            f" resamples{'' if ratio_spread is None else f'; ratio ± {ratio_spread:.2g}'})"
+        )
+        rows.append(
+            (
+                name,
+                f"± {bootstrap['frechet_distance_std']:.2g}",
+                f"± {bootstrap['frechet_distance_real_baseline_std']:.2g}",
+            )
+        )
+    return rows
+
+
+def _kid_draw_rows(quality: dict[str, Any]) -> list[_Row]:
+    draws = quality.get("classifier_real_baseline_draws", {})
+    if draws.get("kid_std") is None:
+        return []
+    return [
+        (f"  over {draws['num_draws']} baseline draws (mean ± std)", "", _number(draws["kid_mean"], draws["kid_std"]))
+    ]
 
 
 def _memorisation_rows(quality: dict[str, Any]) -> list[_Row]:

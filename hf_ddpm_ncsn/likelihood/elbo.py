@@ -266,7 +266,8 @@ def stratified_timesteps(
     """
     bounds = stratum_bounds(num_timesteps, num_strata, spacing)
     sizes = bounds[1:] - bounds[:-1]
-    uniform = torch.rand(num_images, num_strata, generator=generator, dtype=torch.float64)
+    device = generator.device if generator is not None else None  # a CUDA generator draws on its device
+    uniform = torch.rand(num_images, num_strata, generator=generator, device=device, dtype=torch.float64).cpu()
     offsets = (uniform * sizes).floor().long().clamp(max=sizes - 1)  # the clamp guards rand() rounding up to 1
     return bounds[:-1] + offsets, sizes
 

@@ -200,11 +200,11 @@ def _solve(
     num_columns = 1 if flow.probes is None else flow.probes.shape[1]
     integral = torch.zeros(len(x), num_columns, dtype=x.dtype, device=x.device)
     if method in FIXED_STEP_METHODS:
-        times, options = torch.linspace(0.0, t_end, num_steps + 1, dtype=torch.float64), None
+        times, options = torch.linspace(0.0, t_end, num_steps + 1, dtype=torch.float64, device=x.device), None
     else:
         # the process (and the network) is defined on [0, T - 1] only: land on the end instead of stepping past it
         # and interpolating back, and start from a small step instead of probing one from the derivatives
-        times = torch.tensor([0.0, t_end], dtype=torch.float64)
+        times = torch.tensor([0.0, t_end], dtype=torch.float64, device=x.device)
         options = {"step_t": times[1:], "first_step": FIRST_STEP * t_end}
     x_path, integral_path = odeint(flow, (x, integral), times, rtol=rtol, atol=atol, method=method, options=options)
     if flow.on_time is not None:
@@ -346,7 +346,7 @@ def _output(
     if bits.shape[1] > 1:
         stderr = bits.std(dim=1) / math.sqrt(bits.shape[1])
     else:
-        stderr = torch.full((len(bits),), 0.0 if exact_trace else math.nan, dtype=bits.dtype)
+        stderr = torch.full_like(bits[:, 0], 0.0 if exact_trace else math.nan)
     return ODELikelihoodOutput(
         bits_per_dim=bits.mean(dim=1).float(),
         bits_per_dim_stderr=stderr.float(),

@@ -291,7 +291,7 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         """
         x0 = self._likelihood_inputs(images, generator, batch_size)
         return elbo_bpd(
-            self.model_output,
+            self._likelihood_unet_output,  # the timestep is the UNet's input as it is
             self.scheduler,
             x0,
             generator=generator,
@@ -321,7 +321,7 @@ class DDPMPosteriorPipeline(ShareablePipeline):
         x0 = self._likelihood_inputs(images, generator, batch_size)
         stratum_bounds(self.scheduler.config.num_train_timesteps, num_strata, spacing)  # checks K and spacing
         return stratified_elbo_bpd(
-            self.model_output,
+            self._likelihood_unet_output,  # the timestep is the UNet's input as it is
             self.scheduler,
             x0,
             num_strata,

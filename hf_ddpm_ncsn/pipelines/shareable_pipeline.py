@@ -451,10 +451,12 @@ class ShareablePipeline(DiffusionPipeline):
     def _unet_output(
         self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None, guidance_scale: float
     ) -> torch.Tensor:
-        """The UNet at its own timestep input, with the class labels and guidance of a conditional UNet."""
+        """The UNet at its own timestep input, with the class labels and guidance of a conditional UNet, in the
+        sample's dtype (a half-precision `time_embedding_type="fourier"` UNet divides its output by a float32 sigma:
+        the float32 result would then meet its half-precision weights at the next call)."""
         null = null_class(self.unet.config)
         if null is None:
-            return self.unet(sample, timestep).sample
+            return self.unet(sample, timestep).sample.to(sample.dtype)
         timestep = torch.as_tensor(timestep, device=sample.device)
         if class_labels is None:
             class_labels = torch.full((len(sample),), null, dtype=torch.long, device=sample.device)
@@ -466,7 +468,7 @@ class ShareablePipeline(DiffusionPipeline):
             null,
             guidance_scale,
             guided_channels=self.unet.config.in_channels,
-        )
+        ).to(sample.dtype)
 
     def guided_model(self, class_labels: torch.Tensor | None, guidance_scale: float) -> Callable:
         """`model_output` with the labels and the guidance weight bound: the (sample, timestep) callable the
@@ -574,18 +576,25 @@ class ShareablePipeline(DiffusionPipeline):
         """The UNet's timestep input at a scheduler timestep index (the index itself by default)."""
         return timestep
 
-    def _likelihood_inputs(
-        self, images: torch.Tensor, generator, batch_size: int | None, dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
-        """Check the likelihood arguments (before any UNet call) and return the images as UNet inputs (of `dtype`,
-        default the UNet's)."""
+    def _likelihood_inputs(self, images: torch.Tensor, generator, batch_size: int | None) -> torch.Tensor:
+        """Check the likelihood arguments (before any UNet call) and return the images on the execution device, as
+        float32.
+
+        The likelihoods' state (the 8-bit images, x_t, the noise, the ODE's path and integral) stays float32 whatever
+        the UNet's dtype, and only the UNet calls are cast (`_likelihood_unet_output`): a bfloat16 x_0 is off the
+        256-bin grid (8 significant bits), and a float64 one would draw different noise from the same generator."""
         x0 = as_likelihood_input(images, self.unet.config)
-        x0 = x0.to(device=self._execution_device, dtype=dtype or self.unet.dtype)
+        x0 = x0.to(device=self._execution_device, dtype=torch.float32)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         return x0
+
+    def _likelihood_unet_output(self, x: torch.Tensor, unet_timestep: torch.Tensor) -> torch.Tensor:
+        """The UNet's output at its own timestep input for the unconditional model (the null class of a
+        class-conditional UNet), on x cast to the UNet's dtype, returned in x's dtype (the likelihoods' float32)."""
+        return self._unet_output(x.to(self.unet.dtype), unet_timestep, None, 1.0).to(x.dtype)
 
     def ode_likelihood(
         self,
@@ -616,12 +625,10 @@ class ShareablePipeline(DiffusionPipeline):
             num_steps (`int`, *optional*): steps of a fixed-step method.
             dequantize (`bool`, defaults to `True`): `False` gives the continuous density at the images.
         """
-        # the ODE's state and its integral stay float32 even for a half-precision UNet: only its calls are cast;
         # a class-conditional UNet is scored on its null class, as the ELBO is
-        x0 = self._likelihood_inputs(images, generator, batch_size, dtype=torch.float32)
-        dtype = self.unet.dtype
+        x0 = self._likelihood_inputs(images, generator, batch_size)
         return ode_bpd(
-            lambda x, timestep: self._unet_output(x.to(dtype), timestep, None, 1.0).to(x.dtype),
+            self._likelihood_unet_output,
             self.scheduler,
             x0,
             time_embedding_type=self.unet.config.time_embedding_type,

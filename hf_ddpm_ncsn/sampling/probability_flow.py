@@ -134,11 +134,11 @@ def solve_probability_flow(
             x = _OWN_STEPS[method](drift, x, t, t_next)
         return x, drift.nfe
     if method in ADAPTIVE_METHODS:
-        grid = torch.tensor([times[0], times[-1]], dtype=torch.float64)
+        grid = torch.tensor([times[0], times[-1]], dtype=torch.float64, device=x.device)
         # land on the end instead of stepping past the process's time range, from a small first step
         options = {"step_t": grid[1:], "first_step": FIRST_STEP * abs(times[-1] - times[0])}
     else:
-        grid, options = torch.tensor(times, dtype=torch.float64), None
+        grid, options = torch.tensor(times, dtype=torch.float64, device=x.device), None
     path = odeint(drift, x, grid, rtol=rtol, atol=atol, method=method, options=options)
     return path[-1], drift.nfe
 

@@ -249,7 +249,7 @@ class NCSNScheduler(SchedulerMixin, ConfigMixin):
         else:
             eta = self.step_size * (sigma / self.config.sigma_min) ** 2
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            prev_sample = langevin_update(sample, score, eta, noise)
+            prev_sample = langevin_update(sample, score, eta, noise).to(sample.dtype)  # a float32 score promotes
         self._step_index = (self._step_index + 1) % len(self.timesteps)
         if not return_dict:
             return prev_sample, x0

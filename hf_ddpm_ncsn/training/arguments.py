@@ -41,6 +41,15 @@ TRACKERS: dict[str, list[str] | None] = {
     "all": ["tensorboard", "wandb"],
     "none": None,
 }
+#: --keep_best_by: the in-training evaluation's metrics (every one lower-is-better) and the families that have them
+EVAL_METRICS: dict[str, tuple[str, ...]] = {
+    "held_out_loss": ("ncsn", "ddpm"),
+    "held_out_bits_per_dim": ("ddpm",),
+    "ode_bits_per_dim": ("ncsn", "ddpm"),
+    "classifier_frechet_distance": ("ncsn", "ddpm"),
+}
+#: the most images (or samples) one in-training evaluation may use: its cost stays bounded
+MAX_EVAL_IMAGES = 4096
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -127,6 +136,32 @@ class TrainingArguments:
         choices=list(TRACKERS),
     )
     logging_dir: str = _arg("logs", "Tracker folder, relative to --output_dir.")
+    # evaluation during training
+    eval_steps: int = _arg(
+        0,
+        "Evaluate the EMA weights every this many steps and at the end (0: never), on the main process: the held-out "
+        "loss, a DDPM's stratified ELBO, the classifier Fréchet distance, optionally the ODE bits/dim; logged to the "
+        "trackers and to metrics.json.",
+    )
+    eval_num_images: int = _arg(
+        256, f"Held-out images of the loss and likelihoods (the first ones of the split; at most {MAX_EVAL_IMAGES})."
+    )
+    eval_num_samples: int = _arg(
+        256, f"Samples for the classifier Fréchet distance (0 skips it; at most {MAX_EVAL_IMAGES})."
+    )
+    eval_elbo_strata: int = _arg(
+        25, "DDPM: timesteps K per image of the stratified ELBO (above --ddpm_num_steps T: all T, the exact bound)."
+    )
+    eval_ode_images: int = _arg(
+        0, "Held-out images of the probability-flow ODE bits/dim (0: skipped, it costs hundreds of network calls)."
+    )
+    eval_batch_size: int = _arg(256, "Images per network call of the evaluation.")
+    keep_best_by: str | None = _arg(
+        None,
+        "Also keep the pipeline of the evaluation with the lowest value of this metric in <output_dir>/best "
+        "(needs --eval_steps).",
+        choices=list(EVAL_METRICS),
+    )
     # sharing
     push_to_hub: bool = _arg(False, "Push the final pipeline and its model card to the Hub.")
     hub_model_id: str | None = _arg(None, "Hub repo id (default: the output folder name).")
@@ -141,6 +176,7 @@ class TrainingArguments:
         for name in ("lr_warmup_steps", "checkpointing_steps", "save_images_steps", "dataloader_num_workers"):
             _check_positive(name, getattr(self, name), allow_zero=True)
         _check_positive("num_preview_images", self.num_preview_images)
+        self._check_evaluation_arguments()
         for name in ("max_train_steps", "checkpoints_total_limit", "layers_per_block"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
@@ -170,6 +206,25 @@ class TrainingArguments:
                 f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a folder; pass 'latest' or a "
                 "checkpoint-<step> folder"
             )
+
+    def _check_evaluation_arguments(self) -> None:
+        _check_positive("eval_steps", self.eval_steps, allow_zero=True)
+        for name in ("eval_num_images", "eval_num_samples", "eval_ode_images", "eval_batch_size"):
+            value = getattr(self, name)
+            low = 1 if name in ("eval_num_images", "eval_batch_size") else 0
+            if not low <= value <= MAX_EVAL_IMAGES:
+                raise ValueError(f"--{name} must lie in [{low}, {MAX_EVAL_IMAGES}], got {value}")
+        if self.eval_num_samples == 1:
+            raise ValueError("--eval_num_samples must be 0 (no Fréchet distance) or at least 2, got 1")
+        _check_positive("eval_elbo_strata", self.eval_elbo_strata)
+        if self.keep_best_by is None:
+            return
+        if not self.eval_steps:
+            raise ValueError(f"--keep_best_by {self.keep_best_by} needs --eval_steps (the evaluations it compares)")
+        disabled = {"classifier_frechet_distance": "eval_num_samples", "ode_bits_per_dim": "eval_ode_images"}
+        flag = disabled.get(self.keep_best_by)
+        if flag is not None and not getattr(self, flag):
+            raise ValueError(f"--keep_best_by {self.keep_best_by} needs --{flag} > 0 (it is not measured at 0)")
 
     def _check_model_arguments(self) -> None:
         path = self.model_config_name_or_path
@@ -400,6 +455,10 @@ def parse_training_arguments(family: str, argv: list[str] | None = None) -> tupl
     if unknown:
         raise ValueError(describe_unknown_flags(unknown, parser))
     training, specific, *_ = parser.parse_args_into_dataclasses(args=argv)  # then the unused `config` namespace
+    metric = training.keep_best_by
+    if metric is not None and family not in EVAL_METRICS[metric]:
+        accepted = [name for name, families in EVAL_METRICS.items() if family in families]
+        raise ValueError(f"--keep_best_by {metric} is not measured for {family}; accepted values: {accepted}")
     return training, specific
 
 

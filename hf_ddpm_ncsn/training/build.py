@@ -19,7 +19,9 @@ from ..data import check_images, infer_channels, load_image_dataset, make_datalo
 from ..families import unet_config
 from .checkpoints import move_aside_other_lineages, new_lineage
 from .conditioning import dataset_class_names
+from .evaluation import TrainingEvaluator, build_evaluator, read_best
 from .processes import on_main_process
+from .randomness import training_randomness_kept
 from .resume import ResumePoint, argument_defaults, check_resumable, resolve_resume_checkpoint, restore, run_record
 
 if TYPE_CHECKING:
@@ -59,6 +61,10 @@ class TrainingRun:
     first_batch_digest: str | None = None
     timestep_sampler: LossSecondMomentSampler | None = None  # None: the loss draws timesteps uniformly itself
     class_names: list[str] | None = None  # the classes of a --class_conditional run
+    evaluator: TrainingEvaluator | None = None  # --eval_steps, on the main process
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # every evaluation of the run, resumed ones too
+    best: dict[str, Any] | None = None  # the evaluation whose pipeline --keep_best_by keeps
+    evaluation_seconds: float = 0.0
 
     @property
     def num_epochs(self) -> int:
@@ -116,7 +122,22 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     )  # fmt: skip
     _start_trackers(run)
     _log_start(run, len(dataset), channels)
+    if args.eval_steps:
+        _prepare_evaluation(run, resume, channels)
     return run
+
+
+def _prepare_evaluation(run: TrainingRun, resume: ResumePoint | None, channels: int) -> None:
+    """The main process's evaluator, the evaluations a resumed checkpoint recorded, and the best one kept so far."""
+    run.evaluations = list(resume.state.get("evaluations", [])) if resume is not None else []
+
+    def prepare() -> None:
+        with training_randomness_kept():
+            run.evaluator = build_evaluator(run.args, run.family, channels)
+        run.best = read_best(run.args.output_dir, run.args.keep_best_by)
+        logger.info("Evaluating every %d steps: %s", run.args.eval_steps, run.evaluator.cost())
+
+    on_main_process(run.accelerator, prepare)
 
 
 def load_data(args: TrainingArguments):

@@ -14,18 +14,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..progress import tqdm_kwargs
 from .build import TrainingRun, build_run
 from .checkpoints import list_checkpoints
 from .conditioning import conditional_model, drop_labels
+from .evaluation import is_better, plot_elbo_terms, save_best
 from .process_report import digest, process_report_enabled, write_process_report
 from .processes import build_accelerator, on_main_process
-from .saving import finish, prepare_output_dir, preview, save_checkpoint
+from .randomness import training_randomness_kept
+from .saving import (
+    finish,
+    log_image,
+    prepare_output_dir,
+    preview,
+    sampling_pipeline,
+    save_checkpoint,
+    with_ema_weights,
+)
 from .timestep_sampling import check_same_state_on_every_process, gather_losses
 
 if TYPE_CHECKING:
@@ -49,8 +60,11 @@ class TrainingSummary:
     num_processes: int
     final_loss: float | None  # the last step's loss (of the checkpoint when a resumed run had no step left)
     wall_time_s: float
-    images_per_second: float | None
+    images_per_second: float | None  # of the optimisation steps: the time of in-training evaluations excluded
     loss_history: list[tuple[int, float]] = field(default_factory=list)  # the steps this process ran
+    evaluation_seconds: float = 0.0
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # --eval_steps (main process)
+    best: dict[str, Any] | None = None  # the evaluation --keep_best_by kept in <output_dir>/best
     pushed_to: str | None = None
 
 
@@ -195,13 +209,50 @@ def _end_step(run: TrainingRun, losses: dict[str, torch.Tensor], progress: tqdm)
     run.loss_history.append((run.global_step, mean_loss))
     _log_step(run, means, progress)
     args, step = run.args, run.global_step
+    if args.eval_steps and (step % args.eval_steps == 0 or step == run.max_train_steps):
+        _evaluate(run)
     if args.checkpointing_steps and step % args.checkpointing_steps == 0:
         if run.timestep_sampler is not None:  # only the main process's copy is saved: it must be everyone's
             check_same_state_on_every_process(run.accelerator, run.timestep_sampler)
         state = {**run.record, "run_id": run.lineage[-1][0], "lineage": run.lineage, "last_loss": mean_loss}
+        state["evaluations"] = run.evaluations
         save_checkpoint(run.accelerator, args.output_dir, step, args.checkpoints_total_limit, state)
     if args.save_images_steps and step % args.save_images_steps == 0:
         preview(run.accelerator, run.family, run.unet, run.ema, run.scheduler, args, step, run.class_names)
+
+
+def _evaluate(run: TrainingRun) -> None:
+    """Measure the EMA weights (main process; the others wait), log the numbers and keep the best pipeline.
+
+    Runs before the step's checkpoint, which then records every evaluation up to its own step for a resumed run.
+    """
+    accelerator, step, tick = run.accelerator, run.global_step, time.perf_counter()
+
+    def work() -> None:
+        model = with_ema_weights(accelerator, run.unet, run.ema)
+        pipe = sampling_pipeline(run.family, model, run.scheduler, show_progress=False, class_names=run.class_names)
+        result = {"step": step, **run.evaluator.evaluate(pipe)}
+        terms = result.pop("elbo_terms", None)
+        accelerator.log({f"eval/{name}": value for name, value in result.items() if name != "step"}, step=step)
+        if terms is not None:
+            path = Path(run.args.output_dir) / "previews" / f"elbo-terms-step-{step}.png"
+            path.parent.mkdir(exist_ok=True)
+            plot_elbo_terms(terms, path)
+            with Image.open(path) as image:
+                log_image(accelerator, "elbo_terms", image, step)
+        run.evaluations.append(result)
+        logger.info("Evaluation at step %d (%.1f s): %s", step, result["seconds"], _brief(result))
+        if is_better(run.args.keep_best_by, result, run.best):
+            save_best(pipe, run.args.output_dir, result)
+            run.best = result
+
+    with training_randomness_kept():  # building the model copy draws initial weights
+        on_main_process(accelerator, work)
+    run.evaluation_seconds += time.perf_counter() - tick
+
+
+def _brief(result: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in result.items() if name not in ("step", "seconds"))
 
 
 def _mean_losses(run: TrainingRun, losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -234,12 +285,16 @@ def _log_step(run: TrainingRun, means: dict[str, float], progress: tqdm) -> None
 
 
 def _summary(run: TrainingRun, wall: float) -> TrainingSummary:
+    training = wall - run.evaluation_seconds
     return TrainingSummary(
         family=run.family.name,
         global_step=run.global_step,
         num_processes=run.accelerator.num_processes,
         final_loss=run.last_loss,
         wall_time_s=wall,
-        images_per_second=run.images_seen / wall if wall > 0 and run.images_seen else None,
+        images_per_second=run.images_seen / training if training > 0 and run.images_seen else None,
         loss_history=run.loss_history,
+        evaluation_seconds=run.evaluation_seconds,
+        evaluations=run.evaluations,
+        best=run.best,
     )

@@ -19,6 +19,7 @@ from ..sharing.hub import HubPushError, push_folder_to_hub
 from .checkpoints import CHECKPOINT_PREFIX, prune, publish_checkpoint, recover, staging_path, write_state
 from .model_card import write_model_card
 from .processes import on_main_process
+from .randomness import training_randomness_kept
 from .resume import public_arguments
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from diffusers.training_utils import EMAModel
 
     from ..families import Family
+    from ..pipelines.shareable_pipeline import ShareablePipeline
     from .arguments import TrainingArguments
     from .loop import TrainingSummary
 
@@ -78,7 +80,9 @@ def with_ema_weights(accelerator: Accelerator, unet, ema: EMAModel | None) -> UN
     return model.eval()
 
 
-def _grid_pipeline(family: Family, model: UNet2DModel, scheduler, show_progress: bool, class_names: list[str] | None):
+def sampling_pipeline(
+    family: Family, model: UNet2DModel, scheduler, show_progress: bool, class_names: list[str] | None
+) -> ShareablePipeline:
     """A pipeline to sample grids from, on a copy of the scheduler (sampling sets its timesteps)."""
     pipeline = family.pipeline(model, type(scheduler).from_config(scheduler.config), class_names)
     pipeline.set_progress_bar_config(**(tqdm_kwargs() if show_progress else {"disable": True}))
@@ -118,7 +122,7 @@ def preview(
     def draw() -> None:
         # no bar of its own: it would break the training bar's line for a few seconds' work
         model = with_ema_weights(accelerator, unet, ema)
-        pipeline = _grid_pipeline(family, model, scheduler, show_progress=False, class_names=class_names)
+        pipeline = sampling_pipeline(family, model, scheduler, show_progress=False, class_names=class_names)
         n = args.num_preview_images
         grid = pipeline.sample_grid(n, seed=0, **grid_kwargs(family, class_names, n))
         folder = Path(args.output_dir) / "previews"
@@ -126,7 +130,8 @@ def preview(
         grid.save(folder / f"step-{step}.png")
         log_image(accelerator, "samples", grid, step)
 
-    on_main_process(accelerator, draw)
+    with training_randomness_kept():  # the model copy draws initial weights, the sampler its noise
+        on_main_process(accelerator, draw)
 
 
 def finish(
@@ -155,7 +160,7 @@ def finish(
         (staging / "metrics.json").write_text(dumps(metrics, indent=2))
         (staging / "training_args.json").write_text(dumps(public_arguments(args, family), indent=2))
         try:
-            grid_pipeline = _grid_pipeline(family, model, scheduler, show_progress=True, class_names=class_names)
+            grid_pipeline = sampling_pipeline(family, model, scheduler, show_progress=True, class_names=class_names)
             n = args.num_preview_images
             grid = grid_pipeline.sample_grid(n, seed=args.seed, **grid_kwargs(family, class_names, n))
             grid.save(staging / "samples.png")

@@ -1,0 +1,228 @@
+"""Evaluation during training (`--eval_steps`): every N steps and at the end, the main process measures the EMA
+weights on a fixed subset of the held-out split, logs the numbers to the trackers and keeps them for metrics.json;
+`--keep_best_by` keeps the pipeline of the best evaluation in `<output_dir>/best`.
+
+Each measurement is the offline evaluation's own function (`hf_ddpm_ncsn.evaluation`) with its seeds, so a final
+in-training number equals what `scripts/evaluate.py` reports for the saved pipeline with the same counts, batch
+size and seed:
+
+- `held_out_loss`: the family's training loss (NCSN: denoising score matching) on the held-out images, with fixed
+  levels and noise, so that two evaluations differ by the model only;
+- `held_out_bits_per_dim` (DDPM): the stratified ELBO, `--elbo_strata K` of the evaluation;
+- `ode_bits_per_dim`: the probability-flow ODE's, at tolerance 1e-4 (`--eval_ode_images`, off by default);
+- `classifier_frechet_distance`: samples against the held-out images in the feature classifier's space, beside the
+  real-vs-real baseline of as many training images (the evaluation's `classifier_frechet_distance_real_baseline`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..data import DIGITS
+from ..evaluation.distributed import chunk_generator
+from ..evaluation.feature_classifier import (
+    CLASSIFIER_SEED,
+    FeatureClassifier,
+    MissingLabelsError,
+    default_classifier_resolution,
+    load_images,
+    load_or_train_classifier,
+)
+from ..evaluation.likelihood_report import ode_likelihood_report, stratified_likelihood
+from ..evaluation.metrics import feature_statistics, frechet_distance
+from ..evaluation.sample_quality import classifier_outputs, generate_samples
+from ..images import uint8_to_model
+from ..json_utils import dumps
+from ..plots import line_plot
+from ..sharing.atomic import atomic_directory
+from .conditioning import conditional_model
+
+if TYPE_CHECKING:
+    from ..families import Family
+    from ..pipelines.shareable_pipeline import ShareablePipeline
+    from .arguments import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+#: the ODE's tolerance during training: the main job's, 4e-4 bits/dim from 1e-5's at half the network calls
+ODE_TOLERANCE = 1e-4
+#: where --keep_best_by keeps its pipeline, and the file in it that says which evaluation it is
+BEST_DIR = "best"
+BEST_RECORD = "evaluation.json"
+# the held-out loss draws its levels and noise from seed + 3: the ELBO uses seed + 1, the ODE seed + 2
+LOSS_SEED_OFFSET = 3
+
+
+@dataclass
+class TrainingEvaluator:
+    """What every evaluation of a run reuses: the held-out images, the classifier and the reference statistics.
+
+    Args:
+        args (`TrainingArguments`): the run's evaluation settings (`--eval_*`, `--seed`).
+        family (`Family`): the model family.
+        held_out (`torch.Tensor`): uint8 (N, C, H, W), the first `--eval_num_images` held-out images.
+        classifier (`FeatureClassifier`, *optional*): the feature network (None: no Fréchet distance).
+        reference (`tuple`, *optional*): mean and covariance of the features of every held-out image.
+        frechet_baseline (`float`, *optional*): the Fréchet distance of as many training images as samples.
+    """
+
+    args: TrainingArguments
+    family: Family
+    held_out: torch.Tensor
+    classifier: FeatureClassifier | None = None
+    reference: tuple[np.ndarray, np.ndarray] | None = None
+    frechet_baseline: float | None = None
+
+    def evaluate(self, pipe: ShareablePipeline) -> dict[str, Any]:
+        """Every metric of the run for `pipe` (the EMA weights), with its cost.
+
+        Returns:
+            `dict`: metric name -> value, `seconds`, and for a DDPM the stratified ELBO's mean term per stratum.
+        """
+        start = time.perf_counter()
+        args, results = self.args, {}
+        with torch.no_grad():
+            results["held_out_loss"] = self._held_out_loss(pipe)
+        if callable(getattr(pipe, "stratified_elbo", None)):
+            strata = min(args.eval_elbo_strata, pipe.scheduler.config.num_train_timesteps)
+            stratified = stratified_likelihood(pipe, self.held_out, strata, None, args.eval_batch_size, args.seed)
+            results["held_out_bits_per_dim"] = stratified["bits_per_dim"]
+            results["elbo_terms"] = list(
+                zip(stratified["mean_timestep_per_stratum"], stratified["terms_per_stratum"], strict=True)
+            )
+        if args.eval_ode_images:
+            images = self.held_out[: args.eval_ode_images]
+            ode = ode_likelihood_report(pipe, images, 1, ODE_TOLERANCE, ODE_TOLERANCE, args.eval_batch_size, args.seed)
+            results["ode_bits_per_dim"] = ode["bits_per_dim"]
+        if self.classifier is not None:
+            results.update(self._frechet(pipe))
+        return {**results, "seconds": time.perf_counter() - start}
+
+    def _held_out_loss(self, pipe: ShareablePipeline) -> float:
+        """The family's training loss on the held-out images, chunk k's draws from `chunk_generator(seed + 3, k)`."""
+        total, batch_size = 0.0, self.args.eval_batch_size
+        for chunk, images in enumerate(self.held_out.split(batch_size)):
+            generator = chunk_generator(self.args.seed + LOSS_SEED_OFFSET, chunk)
+            x0 = uint8_to_model(images).to(pipe.device)
+            terms = self.family.loss_terms(_unconditional(pipe.unet, len(x0)), pipe.scheduler, x0, generator=generator)
+            total += terms.loss.double().sum().item()
+        return total / len(self.held_out)
+
+    def _frechet(self, pipe: ShareablePipeline) -> dict[str, float]:
+        args = self.args
+        samples = generate_samples(
+            pipe, args.eval_num_samples, args.eval_batch_size, args.seed, **self.family.sample_kwargs()
+        )
+        features, _ = classifier_outputs(self.classifier, samples, args.eval_batch_size)
+        distance = frechet_distance(*feature_statistics(features), *self.reference)
+        return {
+            "classifier_frechet_distance": distance,
+            "classifier_frechet_distance_ratio": distance / self.frechet_baseline,
+        }
+
+    def cost(self) -> str:
+        """The network calls of one evaluation, in words (printed at the start of the run)."""
+        args, n = self.args, len(self.held_out)
+        parts = [f"held-out loss on {n} images ({n} UNet calls)"]
+        if self.family.name == "ddpm":
+            strata = min(args.eval_elbo_strata, self.family.args.ddpm_num_steps)
+            parts.append(f"stratified ELBO ({n} x {strata} = {n * strata} UNet calls)")
+        if args.eval_ode_images:
+            parts.append(f"ODE bits/dim of {min(args.eval_ode_images, n)} images (adaptive: hundreds of calls each)")
+        if self.classifier is not None:
+            parts.append(f"{args.eval_num_samples} samples with the preview sampler for the Fréchet distance")
+        return "; ".join(parts)
+
+
+def _unconditional(unet, batch_size: int):
+    """The UNet as the loss calls it: a class-conditional one given the null class (the model that sampling without
+    labels uses)."""
+    classes = unet.config.num_class_embeds
+    if classes is None:
+        return unet
+    return conditional_model(unet, torch.full((batch_size,), classes - 1, dtype=torch.long, device=unet.device))
+
+
+def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> TrainingEvaluator:
+    """Load the held-out images and, when there are samples to score, the feature classifier and the reference
+    statistics (main process).
+
+    Raises:
+        `ValueError`: `--keep_best_by classifier_frechet_distance` on a dataset without labels (no classifier).
+    """
+    source = {"dataset_name": args.dataset_name, "train_data_dir": args.train_data_dir}
+    source["image_column"] = args.image_column
+    held_out, _ = load_images(**source, split="test", resolution=args.resolution, channels=channels)
+    evaluator = TrainingEvaluator(args, family, held_out[: args.eval_num_images])
+    if not args.eval_num_samples:
+        return evaluator
+    resolution = default_classifier_resolution(args.dataset_name, args.train_data_dir, args.resolution)
+    try:
+        classifier = load_or_train_classifier(
+            dataset_name=args.dataset_name or DIGITS,
+            train_data_dir=args.train_data_dir,
+            image_column=args.image_column,
+            resolution=resolution,
+            channels=channels,
+            seed=CLASSIFIER_SEED,
+        )
+    except MissingLabelsError as err:
+        if args.keep_best_by == "classifier_frechet_distance":
+            raise ValueError(f"--keep_best_by classifier_frechet_distance: {err}") from None
+        logger.warning("the in-training Fréchet distance is skipped: %s", err)
+        return evaluator
+    train, _ = load_images(**source, split="train", resolution=args.resolution, channels=channels)
+    # the evaluation's baseline draw: as many training images as samples, chosen by the seed
+    rows = np.sort(np.random.default_rng(args.seed).permutation(len(train))[: args.eval_num_samples])
+    evaluator.classifier = classifier
+    evaluator.reference = feature_statistics(classifier_outputs(classifier, held_out, args.eval_batch_size)[0])
+    baseline = classifier_outputs(classifier, train[rows], args.eval_batch_size)[0]
+    evaluator.frechet_baseline = frechet_distance(*feature_statistics(baseline), *evaluator.reference)
+    return evaluator
+
+
+def is_better(metric: str | None, result: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether `result` beats `best` on `metric` (lower is better for every metric); NaN never does."""
+    if metric is None or not math.isfinite(result.get(metric, math.nan)):
+        return False
+    return best is None or result[metric] < best[metric]
+
+
+def save_best(pipe: ShareablePipeline, output_dir: str, result: dict[str, Any]) -> None:
+    """Publish `pipe` as `<output_dir>/best` (one switch of the folder), with the evaluation that chose it."""
+    with atomic_directory(Path(output_dir) / BEST_DIR, keep=False) as staging:
+        pipe.write_pipeline_files(staging)
+        (staging / BEST_RECORD).write_text(dumps(result, indent=2))
+
+
+def read_best(output_dir: str, metric: str | None) -> dict[str, Any] | None:
+    """The evaluation of the pipeline kept in `<output_dir>/best` by an earlier run on `metric`, if any."""
+    path = Path(output_dir) / BEST_DIR / BEST_RECORD
+    if metric is None or not path.is_file() or path.stat().st_size > 1 << 20:
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get(metric), float) else None
+
+
+def plot_elbo_terms(points: list[tuple[float, float]], path: Path) -> None:
+    """The stratified ELBO's mean term per stratum against its mean timestep (log y)."""
+    line_plot(
+        {"ELBO term": points},
+        path,
+        title="Mean ELBO term per stratum (bits/dim per timestep, log scale)",
+        xlabel="timestep index t",
+        ylabel="bits/dim",
+        log_y=True,
+    )

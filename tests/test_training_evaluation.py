@@ -1,0 +1,189 @@
+"""Evaluation during training (`--eval_steps`, `--keep_best_by`): the numbers against the offline evaluation of
+the saved pipeline, with two real gloo processes; the best pipeline; resume; the trackers; refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from support.tiny_models import tiny_ddpm
+from test_training import SCRIPTS, TINY_DDPM, TINY_NCSN, TWO_GLOO_PROCESSES, _short_run
+
+from hf_ddpm_ncsn.evaluation.feature_classifier import load_images
+from hf_ddpm_ncsn.families import make_family
+from hf_ddpm_ncsn.training import main
+from hf_ddpm_ncsn.training.arguments import parse_training_arguments
+from hf_ddpm_ncsn.training.evaluation import BEST_DIR, BEST_RECORD, TrainingEvaluator
+
+REPO = Path(__file__).resolve().parents[1]
+# 8 held-out images for the loss, the ELBO and the ODE; 64 samples for the Fréchet distance
+EVAL = ["--eval_num_images", "8", "--eval_num_samples", "64", "--eval_elbo_strata", "5", "--eval_ode_images", "8"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    # one thread per process: the training processes and the offline evaluation reduce floats in the same order
+    cache = tmp_path_factory.mktemp("hf_ddpm_ncsn_cache")
+    return {**os.environ, "HF_DDPM_NCSN_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _train(family: str, out: Path, env: dict[str, str], extra: list[str], launcher: list[str] | None = None) -> dict:
+    tiny = TINY_DDPM if family == "ddpm" else TINY_NCSN
+    script = str(SCRIPTS / f"train_{family}.py")
+    _run([*(launcher or [sys.executable]), script, "--output_dir", str(out), *tiny, *EVAL, *extra], env)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _offline(folder: Path, env: dict[str, str], tmp_path: Path) -> dict:
+    """scripts/evaluate.py on a saved pipeline with the in-training evaluation's counts, batch size and seed."""
+    report = tmp_path / f"report-{folder.name}"
+    _run([sys.executable, str(SCRIPTS / "evaluate.py"), "--pipeline", str(folder), "--output_dir", str(report),
+          "--num_samples", "64", "--num_elbo_images", "8", "--elbo_strata", "5", "--ode_rtol", "1e-4",
+          "--ode_atol", "1e-4", "--seed", "0"], env)  # fmt: skip
+    return json.loads((report / "report.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ddpm", "ncsn"])
+def test_two_processes_evaluate_the_saved_model_as_the_offline_evaluation_does(family, tmp_path, env):
+    """Trained on 2 gloo processes, evaluated at steps 2 and 4 by the main process: the final evaluation is, to the
+    bit, what scripts/evaluate.py reports for the saved pipeline (same images, seeds and batches, one thread)."""
+    out = tmp_path / family
+    metrics = _train(family, out, env, ["--max_train_steps", "4", "--eval_steps", "2"], TWO_GLOO_PROCESSES)
+    assert metrics["num_processes"] == 2
+    assert [e["step"] for e in metrics["evaluations"]] == [2, 4]
+    final, report = metrics["evaluations"][-1], _offline(out, env, tmp_path)
+    quality = report["sample_quality"]
+    assert final["classifier_frechet_distance"] == quality["classifier_frechet_distance"]
+    baseline = quality["classifier_frechet_distance_real_baseline"]
+    assert final["classifier_frechet_distance_ratio"] == final["classifier_frechet_distance"] / baseline
+    assert final["ode_bits_per_dim"] == report["ode_likelihood"]["bits_per_dim"]
+    if family == "ddpm":
+        assert final["held_out_bits_per_dim"] == report["likelihood"]["stratified"]["bits_per_dim"]
+    else:
+        assert "held_out_bits_per_dim" not in final
+    # the model changed between the evaluations, and the numbers with it
+    assert metrics["evaluations"][0]["held_out_loss"] != final["held_out_loss"]
+    assert metrics["evaluation_seconds"] > sum(e["seconds"] for e in metrics["evaluations"]) * 0.99
+
+
+def test_the_held_out_loss_is_the_mean_training_loss_over_the_held_out_images():
+    """A model whose noise prediction is the constant c: the simple loss of each image is the pixel mean of
+    (eps - c)^2, whose mean over 180 x 64 pixels is 1 + c^2 within a few standard errors sqrt((2 + 4c^2) / 11520).
+    """
+    c = 0.5
+    args, ddpm_args = parse_training_arguments("ddpm", ["--resolution", "8", "--ddpm_num_steps", "20"])
+    family = make_family("ddpm", ddpm_args)
+    held_out, _ = load_images(split="test", resolution=8, channels=1)
+    pipe = tiny_ddpm(num_train_timesteps=20)
+
+    class Constant(torch.nn.Module):
+        config = pipe.unet.config
+        device = torch.device("cpu")
+
+        def forward(self, x, t):
+            return (torch.full_like(x, c),)
+
+    pipe.unet = Constant()
+    loss = TrainingEvaluator(args, family, held_out)._held_out_loss(pipe)
+    stderr = ((2 + 4 * c**2) / held_out[0].numel() / len(held_out)) ** 0.5
+    assert abs(loss - (1 + c**2)) < 4 * stderr
+    assert TrainingEvaluator(args, family, held_out)._held_out_loss(pipe) == loss  # fixed noise: paired evaluations
+
+
+@pytest.mark.slow
+def test_keep_best_by_keeps_the_pipeline_of_the_lowest_evaluation_and_a_resumed_run_continues_the_history(
+    tmp_path, env
+):
+    """The best folder holds the pipeline of the evaluation with the lowest stratified ELBO (its offline ELBO is
+    the recorded one), beside the last; a run stopped at step 4 and resumed to step 6 records the same evaluations
+    and keeps the same best as a run of 6 steps at once; and evaluating leaves the training alone (the same final
+    weights as a run without evaluations)."""
+    # a constant learning rate: the runs of 4 and 6 steps then take the same first 4 steps
+    best_args = ["--eval_steps", "2", "--keep_best_by", "held_out_bits_per_dim", "--lr_scheduler", "constant"]
+    whole = _train("ddpm", tmp_path / "whole", env, ["--max_train_steps", "6", *best_args])
+    evaluations = whole["evaluations"]
+    assert [e["step"] for e in evaluations] == [2, 4, 6]
+    best = min(evaluations, key=lambda e: e["held_out_bits_per_dim"])
+    assert whole["best"] == best
+    kept = tmp_path / "whole" / BEST_DIR
+    assert json.loads((kept / BEST_RECORD).read_text()) == best
+    report = _offline(kept, env, tmp_path)
+    assert report["likelihood"]["stratified"]["bits_per_dim"] == best["held_out_bits_per_dim"]
+
+    split = tmp_path / "split"
+    _train("ddpm", split, env, ["--max_train_steps", "4", "--checkpointing_steps", "4", *best_args])
+    resumed = _train("ddpm", split, env, ["--max_train_steps", "6", "--resume_from_checkpoint", "latest", *best_args])
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in evaluations]
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in resumed["evaluations"]] == strip
+    assert {k: v for k, v in resumed["best"].items() if k != "seconds"} == {
+        k: v for k, v in best.items() if k != "seconds"
+    }
+
+    plain = tmp_path / "plain"
+    _run([sys.executable, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(plain), *TINY_DDPM,
+          "--max_train_steps", "6", "--lr_scheduler", "constant"], env)  # fmt: skip
+    assert _weights(plain) == _weights(tmp_path / "whole")
+
+
+def _weights(folder: Path) -> dict[str, list]:
+    tensors = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    return {name: tensor.tolist() for name, tensor in tensors.items()}
+
+
+@pytest.mark.slow
+def test_the_evaluations_and_the_elbo_term_plot_reach_tensorboard(tmp_path, env):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    tiny = [arg if arg != "none" else "tensorboard" for arg in TINY_DDPM]
+    _run([sys.executable, str(SCRIPTS / "train_ddpm.py"), "--output_dir", str(out), *tiny, *EVAL,
+          "--max_train_steps", "4", "--eval_steps", "2"], env)  # fmt: skip
+    events = EventAccumulator(str(out / "logs" / "ddpm-training"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    evaluations = json.loads((out / "metrics.json").read_text())["evaluations"]
+    for name in ("held_out_loss", "held_out_bits_per_dim", "ode_bits_per_dim", "classifier_frechet_distance"):
+        logged = [(event.step, event.value) for event in events.Scalars(f"eval/{name}")]
+        assert logged == [(e["step"], pytest.approx(e[name], rel=1e-6)) for e in evaluations]  # float32 scalars
+    assert [event.step for event in events.Images("elbo_terms")] == [2, 4]
+    logged = Image.open(io.BytesIO(events.Images("elbo_terms")[1].encoded_image_string)).convert("RGB")
+    saved = Image.open(out / "previews" / "elbo-terms-step-4.png").convert("RGB")
+    assert np.array_equal(np.asarray(logged), np.asarray(saved))
+
+
+@pytest.mark.parametrize(
+    "family, argv, match",
+    [
+        ("ddpm", ["--keep_best_by", "held_out_loss"], "--keep_best_by held_out_loss needs --eval_steps"),
+        ("ncsn", ["--eval_steps", "5", "--keep_best_by", "held_out_bits_per_dim"], "accepted values: ['held_out_loss"),
+        (
+            "ddpm",
+            ["--eval_steps", "5", "--eval_num_samples", "0", "--keep_best_by", "classifier_frechet_distance"],
+            "needs --eval_num_samples > 0",
+        ),
+        ("ddpm", ["--eval_steps", "5", "--keep_best_by", "ode_bits_per_dim"], "needs --eval_ode_images > 0"),
+        ("ddpm", ["--eval_steps", "-1"], "--eval_steps must be >= 0"),
+        ("ddpm", ["--eval_num_images", "0"], "--eval_num_images must lie in [1, 4096]"),
+        ("ddpm", ["--eval_num_samples", "5000"], "--eval_num_samples must lie in [0, 4096]"),
+        ("ddpm", ["--eval_num_samples", "1"], "--eval_num_samples must be 0 (no Fréchet distance) or at least 2"),
+        ("ddpm", ["--eval_elbo_strata", "0"], "--eval_elbo_strata must be positive"),
+    ],
+)
+def test_bad_evaluation_arguments_are_refused_at_parse_time(tmp_path, capsys, family, argv, match):
+    assert main(family, [*_short_run(tmp_path), *argv]) == 2
+    assert match in capsys.readouterr().err
