@@ -5,8 +5,8 @@ NCSN (32x32 RGB, synthetic images) per precision, sampling and the likelihoods o
     python scripts/gpu_check.py --device cuda --output_dir gpu-check        # about 6 minutes on one GPU
     python scripts/gpu_check.py --device cpu --quick --output_dir /tmp/gc  # tiny settings, bf16 only (the test)
 
-Writes `<output_dir>/gpu_check.md` (a markdown table labelled with the device name), `gpu_check.json` and, on CUDA,
-`benchmark.json`; stops at the first failure.
+Writes `<output_dir>/gpu_check.md` (a markdown table labelled with the device name), `gpu_check.json` and
+`benchmark.json` (the benchmark's rows, on any device); stops at the first failure.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from PIL import Image
 from support.fault_injection import crash_points
 from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
+import hf_ddpm_ncsn.evaluation.feature_classifier as feature_classifier_module
 import hf_ddpm_ncsn.evaluation.report as evaluation_report
 from hf_ddpm_ncsn import DDPMPosteriorScheduler
 from hf_ddpm_ncsn.evaluation import (
@@ -332,6 +333,28 @@ def test_a_bad_number_of_baseline_draws_or_bootstraps_is_refused_before_any_work
         monkeypatch.setattr(evaluation_report, name, expensive)
     with pytest.raises(ValueError, match=re.escape(match)):
         evaluate(tiny_ncsn(), num_samples=4, batch_size=4, **arguments)
+
+
+def test_evaluate_loads_every_split_with_the_dataset_configuration_and_cache(tmp_path, monkeypatch, digits):
+    """`dataset_config_name` and `dataset_cache_dir` (the CLI's --dataset_config_name, --cache_dir) reach the
+    held-out, training and classifier loads, and the report names the configuration."""
+    calls, real = [], feature_classifier_module.load_image_dataset
+
+    def recording(dataset_name=None, dataset_config_name=None, train_data_dir=None, image_column=None, split="train",
+                  cache_dir=None, **kwargs):  # fmt: skip
+        calls.append((dataset_name, dataset_config_name, cache_dir, split))
+        return real(train_data_dir=train_data_dir, image_column=image_column, split=split)  # the digits
+
+    monkeypatch.setattr(feature_classifier_module, "load_image_dataset", recording)
+    report = evaluate(
+        tiny_ncsn(), dataset_name="some/dataset", dataset_config_name="small", dataset_cache_dir=str(tmp_path / "hf"),
+        num_samples=8, batch_size=8, sample_kwargs={"num_langevin_steps": 1}, ode_likelihood=False,
+        baseline_draws=1, reference_bootstraps=0, classifier_cache_dir=tmp_path / "classifiers",
+    )  # fmt: skip
+    assert report["dataset_config_name"] == "small"
+    assert {call[:3] for call in calls} == {("some/dataset", "small", str(tmp_path / "hf"))}
+    assert {call[3] for call in calls} == {"train", "test"}
+    assert len(calls) == 4  # held-out and train for the evaluation, the same two for the classifier
 
 
 def test_evaluate_reports_the_baseline_over_its_draws_and_prints_the_ratio(cache_root: Path, digits):
@@ -779,6 +802,7 @@ def _evaluate_script():
         (["--num_samples", "2", "--nmu_samples", "3"], "unrecognised arguments: --nmu_samples (did you mean"),
         (["--dataset_name", "x", "--train_data_dir", "."], "argument --train_data_dir: not allowed with argument"),
         (["--train_data_dir", "no-such-folder"], "argument --train_data_dir: no-such-folder is not an existing"),
+        (["--dataset_config_name", "small"], "argument --dataset_config_name: needs --dataset_name"),
         (["--elbo_strata", "-1"], "argument --elbo_strata: must be an integer >= 0, got -1"),
         (["--num_langevin_steps", "0"], "argument --num_langevin_steps: must be an integer >= 1, got 0"),
         (["--batch_size", "many"], "argument --batch_size/--batch-size: invalid int value: 'many'"),
@@ -802,6 +826,8 @@ def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path,
         "dataset_name": None,
         "train_data_dir": None,
         "image_column": None,
+        "dataset_config_name": None,
+        "dataset_cache_dir": None,
         "num_samples": 1000,
         "num_elbo_images": None,
         "elbo_strata": 50,

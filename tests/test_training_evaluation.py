@@ -16,13 +16,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from support.tiny_models import tiny_ddpm
-from test_training import SCRIPTS, TINY_DDPM, TINY_NCSN, TWO_GLOO_PROCESSES, _short_run
+from test_training import SCRIPTS, TINY_DDPM, TINY_NCSN, TWO_GLOO_PROCESSES, _short_run, _write_png
 
 from hf_ddpm_ncsn.evaluation.feature_classifier import load_images
 from hf_ddpm_ncsn.families import make_family
+from hf_ddpm_ncsn.training import build as training_build
+from hf_ddpm_ncsn.training import evaluation as training_evaluation
 from hf_ddpm_ncsn.training import main
 from hf_ddpm_ncsn.training.arguments import parse_training_arguments
-from hf_ddpm_ncsn.training.evaluation import BEST_DIR, BEST_RECORD, TrainingEvaluator
+from hf_ddpm_ncsn.training.evaluation import BEST_DIR, BEST_RECORD, TrainingEvaluator, read_best, save_best
+from hf_ddpm_ncsn.training.saving import prepare_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 held-out images for the loss, the ELBO and the ODE; 64 samples for the Fréchet distance
@@ -54,7 +57,8 @@ def _offline(folder: Path, env: dict[str, str], tmp_path: Path) -> dict:
     report = tmp_path / f"report-{folder.name}"
     _run([sys.executable, str(SCRIPTS / "evaluate.py"), "--pipeline", str(folder), "--output_dir", str(report),
           "--num_samples", "64", "--num_elbo_images", "8", "--elbo_strata", "5", "--ode_rtol", "1e-4",
-          "--ode_atol", "1e-4", "--seed", "0"], env)  # fmt: skip
+          "--ode_atol", "1e-4", "--seed", "0", "--baseline_draws", "1", "--reference_bootstraps", "0"],
+         env)  # fmt: skip
     return json.loads((report / "report.json").read_text())
 
 
@@ -70,8 +74,7 @@ def test_two_processes_evaluate_the_saved_model_as_the_offline_evaluation_does(f
     final, report = metrics["evaluations"][-1], _offline(out, env, tmp_path)
     quality = report["sample_quality"]
     assert final["classifier_frechet_distance"] == quality["classifier_frechet_distance"]
-    baseline = quality["classifier_frechet_distance_real_baseline"]
-    assert final["classifier_frechet_distance_ratio"] == final["classifier_frechet_distance"] / baseline
+    assert final["classifier_frechet_distance_ratio"] == quality["classifier_frechet_distance_ratio"]
     assert final["ode_bits_per_dim"] == report["ode_likelihood"]["bits_per_dim"]
     if family == "ddpm":
         assert final["held_out_bits_per_dim"] == report["likelihood"]["stratified"]["bits_per_dim"]
@@ -187,3 +190,75 @@ def test_the_evaluations_and_the_elbo_term_plot_reach_tensorboard(tmp_path, env)
 def test_bad_evaluation_arguments_are_refused_at_parse_time(tmp_path, capsys, family, argv, match):
     assert main(family, [*_short_run(tmp_path), *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_keep_best_by_the_classifier_distance_is_refused_without_labels_before_any_model_is_built(
+    tmp_path, capsys, monkeypatch
+):
+    images = tmp_path / "images"  # one flat folder: no class sub-folders, no labels
+    images.mkdir()
+    for i in range(4):
+        _write_png(images / f"{i}.png")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the data was checked")
+
+    monkeypatch.setattr(training_build, "build_ema", no_model)
+    argv = ["--train_data_dir", str(images), "--train_batch_size", "2", "--eval_steps", "1"]
+    argv += ["--keep_best_by", "classifier_frechet_distance"]
+    assert main("ddpm", [*_short_run(tmp_path), *argv]) == 1
+    err = capsys.readouterr().err
+    assert "--keep_best_by classifier_frechet_distance needs a dataset with labels" in err
+    assert "held_out_loss" in err  # the accepted alternatives
+
+
+def test_a_kept_best_counts_only_when_the_resumed_checkpoint_recorded_its_evaluation(tmp_path):
+    """best/ of another run in a reused folder, or of a later part of this run that a resume discards, is not the
+    run's best: a worse evaluation of this run must still replace it."""
+    pipe, out = tiny_ddpm(num_train_timesteps=20), str(tmp_path)
+    foreign = {"step": 6, "held_out_loss": 0.125, "seconds": 1.0}
+    save_best(pipe, out, foreign)
+    assert read_best(out, "held_out_loss", []) is None
+    assert read_best(out, "held_out_loss", [{"step": 6, "held_out_loss": 0.25}]) is None  # another value
+    assert read_best(out, "held_out_loss", [{"step": 4, "held_out_loss": 0.125}]) is None  # another step
+    assert read_best(out, "held_out_loss", [{"step": 2}, {"step": 6, "held_out_loss": 0.125}]) == foreign
+    assert read_best(out, None, [foreign]) is None
+
+
+def test_preparing_the_output_folder_repairs_an_interrupted_switch_of_best(tmp_path):
+    """A crash inside save_best on a filesystem without atomic exchange leaves the old best only as its backup,
+    and a crash while staging leaves a partial folder: the next run restores the one and removes the other
+    before reading best/ (and before its final switch would carry them into the new folder)."""
+    out, pipe = tmp_path / "out", tiny_ddpm(num_train_timesteps=20)
+    record = {"step": 2, "held_out_loss": 0.5}
+    save_best(pipe, str(out), record)
+    (out / BEST_DIR).rename(out / f".{BEST_DIR}.0123abcd.old")  # the first rename of the switch, then the crash
+    (out / f".{BEST_DIR}.4567cdef.partial").mkdir()
+    prepare_output_dir(str(out))
+    assert sorted(p.name for p in out.iterdir()) == [BEST_DIR]
+    assert read_best(str(out), "held_out_loss", [record]) == record
+
+
+def test_the_evaluation_reads_the_dataset_configuration_and_cache_of_the_training(tmp_path, monkeypatch):
+    """--dataset_config_name and --cache_dir reach every split the in-training evaluation loads (held-out,
+    classifier, baseline), as they reach the training's; the baseline decodes only its own rows."""
+    calls, real = [], training_evaluation.load_image_dataset
+
+    def recording(dataset_name=None, dataset_config_name=None, train_data_dir=None, image_column=None, split="train",
+                  cache_dir=None, **kwargs):  # fmt: skip
+        calls.append((dataset_name, dataset_config_name, cache_dir, split))
+        return real(train_data_dir=train_data_dir, image_column=image_column, split=split)  # the digits
+
+    for module in ("hf_ddpm_ncsn.training.evaluation", "hf_ddpm_ncsn.evaluation.feature_classifier"):
+        monkeypatch.setattr(f"{module}.load_image_dataset", recording)
+    decoded, decode = [], training_evaluation.decode_images
+    monkeypatch.setattr(training_evaluation, "decode_images", lambda d, *a: decoded.append(len(d)) or decode(d, *a))
+    monkeypatch.setenv("HF_DDPM_NCSN_CACHE", str(tmp_path / "classifiers"))
+    argv = ["--resolution", "8", "--ddpm_num_steps", "20", "--dataset_name", "some/dataset", "--dataset_config_name",
+            "small", "--cache_dir", str(tmp_path / "hf"), "--eval_steps", "1", "--eval_num_samples", "16"]  # fmt: skip
+    args, ddpm_args = parse_training_arguments("ddpm", argv)
+    evaluator = training_evaluation.build_evaluator(args, make_family("ddpm", ddpm_args), channels=1)
+    assert evaluator.classifier is not None and evaluator.frechet_baseline > 0
+    assert {call[:3] for call in calls} == {("some/dataset", "small", str(tmp_path / "hf"))}
+    assert {call[3] for call in calls} == {"train", "test"}
+    assert decoded == [16]  # of the 1,617 training digits, only the baseline's draw

@@ -13,6 +13,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from ..argument_errors import describe_unknown_flags
+from ..data import DIGITS
 from .loading import default_output_dir
 
 # owner/name or name, as the Hub spells repo ids
@@ -53,6 +54,8 @@ class EvaluationArguments:
         None, "A local image folder instead (one sub-folder per class gives the labels the classifier metrics need)."
     )
     image_column: str | None = _arg(None, "The image column (default: the first image feature).")
+    dataset_config_name: str | None = _arg(None, "The dataset's configuration name, as for training.")
+    cache_dir: str | None = _arg(None, "Where `datasets` caches downloads, as for training.")
     num_samples: int = _arg(1000, "Images to generate (at least 2).")
     num_elbo_images: int | None = _arg(
         None,
@@ -119,6 +122,8 @@ class EvaluationArguments:
         _check_pipeline(self.pipeline)
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ValueError("argument --train_data_dir: not allowed with argument --dataset_name")
+        if self.dataset_config_name is not None and self.dataset_name in (None, DIGITS):
+            raise ValueError("argument --dataset_config_name: needs --dataset_name (a datasets name with configs)")
         if self.train_data_dir is not None and not os.path.isdir(self.train_data_dir):
             raise ValueError(f"argument --train_data_dir: {self.train_data_dir} is not an existing directory")
         for name, minimum in _MINIMUMS.items():
@@ -155,6 +160,8 @@ class EvaluationArguments:
             "dataset_name": self.dataset_name,
             "train_data_dir": self.train_data_dir,
             "image_column": self.image_column,
+            "dataset_config_name": self.dataset_config_name,
+            "dataset_cache_dir": self.cache_dir,
             "num_samples": self.num_samples,
             "num_elbo_images": self.num_elbo_images,
             "elbo_strata": self.elbo_strata,

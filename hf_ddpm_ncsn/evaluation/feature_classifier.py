@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
@@ -118,6 +119,8 @@ def load_images(
     split: str = "train",
     resolution: int = 8,
     channels: int = 1,
+    dataset_config_name: str | None = None,
+    cache_dir: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One split of a dataset as uint8 images, prepared as for training (`hf_ddpm_ncsn.data.ImageTransform` with a
     center crop), with its labels when the dataset has a label column.
@@ -129,13 +132,28 @@ def load_images(
         split (`str`, defaults to `"train"`): `"train"`, or `"test"` for the held-out images.
         resolution (`int`, defaults to 8): output height and width.
         channels (`int`, defaults to 1): 1 or 3.
+        dataset_config_name (`str`, *optional*): the dataset's configuration, as for training.
+        cache_dir (`str`, *optional*): where `datasets` caches downloads, as for training.
 
     Returns:
         `tuple`: uint8 images (N, C, resolution, resolution) and int64 labels (N,), or `None` without labels.
     """
     dataset = load_image_dataset(
-        dataset_name=dataset_name, train_data_dir=train_data_dir, image_column=image_column, split=split
+        dataset_name=dataset_name,
+        dataset_config_name=dataset_config_name,
+        train_data_dir=train_data_dir,
+        image_column=image_column,
+        split=split,
+        cache_dir=cache_dir,
     )
+    return decode_images(dataset, resolution, channels)
+
+
+def decode_images(
+    dataset: datasets.Dataset, resolution: int = 8, channels: int = 1
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The images of a `load_image_dataset` split (or of its `select`ed rows: only those are decoded) as uint8,
+    prepared as for training, and its labels when it has a label column (see `load_images`)."""
     transform = ImageTransform(resolution, channels, center_crop=True)
     pixels = torch.stack([transform.transform_image(image) for image in dataset["image"]])
     images = model_to_uint8(pixels)
@@ -253,6 +271,8 @@ def load_or_train_classifier(
     cache_dir: str | os.PathLike | None = None,
     train_data_dir: str | None = None,
     image_column: str | None = None,
+    dataset_config_name: str | None = None,
+    dataset_cache_dir: str | None = None,
     **train_kwargs,
 ) -> FeatureClassifier:
     """The classifier of a dataset: loaded from the cache, or trained on its train split and cached.
@@ -268,12 +288,16 @@ def load_or_train_classifier(
         cache_dir (`str` or `os.PathLike`, *optional*): cache folder (default: see the module docstring).
         train_data_dir (`str`, *optional*): a local image folder instead of `dataset_name` (sub-folders give labels).
         image_column (`str`, *optional*): the image column.
+        dataset_config_name (`str`, *optional*): the dataset's configuration (part of the cache key).
+        dataset_cache_dir (`str`, *optional*): where `datasets` caches downloads (not part of the cache key).
         train_kwargs: fields of `TrainingSettings` (`epochs`, `batch_size`, `learning_rate`).
 
     Raises:
         `MissingLabelsError` (a `ValueError`): the dataset has no label column.
     """
     dataset_id = os.path.abspath(train_data_dir) if train_data_dir is not None else (dataset_name or DIGITS)
+    if dataset_config_name is not None and train_data_dir is None:
+        dataset_id = f"{dataset_id}:{dataset_config_name}"
     training = TrainingSettings(**train_kwargs)
     settings = {"image_column": image_column, **asdict(training)}
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -288,6 +312,8 @@ def load_or_train_classifier(
         "image_column": image_column,
         "resolution": resolution,
         "channels": channels,
+        "dataset_config_name": dataset_config_name,
+        "cache_dir": dataset_cache_dir,
     }
     model = _train_on_dataset(source, dataset_id, seed, training, settings)
     _save(model, weights_path, info_path)

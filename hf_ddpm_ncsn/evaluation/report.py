@@ -64,6 +64,8 @@ class _Settings:
     dataset_name: str | None
     train_data_dir: str | None
     image_column: str | None
+    dataset_config_name: str | None
+    dataset_cache_dir: str | None
     num_samples: int
     num_elbo_images: int | None
     elbo_strata: int
@@ -89,6 +91,8 @@ class _Settings:
             "dataset_name": self.dataset_name,
             "train_data_dir": self.train_data_dir,
             "image_column": self.image_column,
+            "dataset_config_name": self.dataset_config_name,
+            "cache_dir": self.dataset_cache_dir,
         }
 
 
@@ -107,6 +111,8 @@ def evaluate(
     dataset_name: str | None = None,
     train_data_dir: str | None = None,
     image_column: str | None = None,
+    dataset_config_name: str | None = None,
+    dataset_cache_dir: str | None = None,
     num_samples: int = 1000,
     num_elbo_images: int | None = None,
     elbo_strata: int = 50,
@@ -134,6 +140,8 @@ def evaluate(
         dataset_name (`str`, *optional*): the training data, as for training (default: the embedded digits).
         train_data_dir (`str`, *optional*): a local image folder instead.
         image_column (`str`, *optional*): the image column.
+        dataset_config_name (`str`, *optional*): the dataset's configuration, as for training.
+        dataset_cache_dir (`str`, *optional*): where `datasets` caches downloads (training's `--cache_dir`).
         num_samples (`int`, defaults to 1000): images to generate.
         num_elbo_images (`int`, *optional*): held-out images for the likelihood and its reference models (default:
             all of them).
@@ -184,6 +192,8 @@ def evaluate(
         dataset_name=dataset_name,
         train_data_dir=train_data_dir,
         image_column=image_column,
+        dataset_config_name=dataset_config_name,
+        dataset_cache_dir=dataset_cache_dir,
         num_samples=num_samples,
         num_elbo_images=num_elbo_images,
         elbo_strata=elbo_strata,
@@ -315,6 +325,7 @@ def _header(
         "pipeline": str(pipeline_or_path) if not isinstance(pipeline_or_path, DiffusionPipeline) else None,
         "pipeline_class": type(pipe).__name__,
         "dataset": settings.train_data_dir or settings.dataset_name or DIGITS,
+        "dataset_config_name": settings.dataset_config_name,
         "seed": settings.seed,
         "num_processes": settings.shard.world_size,
         "sample_kwargs": dict(settings.sample_kwargs),
@@ -336,6 +347,8 @@ def _classifier(
             dataset_name=settings.dataset_name or DIGITS,
             train_data_dir=settings.train_data_dir,
             image_column=settings.image_column,
+            dataset_config_name=settings.dataset_config_name,
+            dataset_cache_dir=settings.dataset_cache_dir,
             resolution=resolution,
             channels=channels,
             # fixed, not the evaluation seed: every evaluation of a dataset measures in the same feature space

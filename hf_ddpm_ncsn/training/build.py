@@ -19,7 +19,7 @@ from ..data import check_images, infer_channels, load_image_dataset, make_datalo
 from ..families import unet_config
 from .checkpoints import move_aside_other_lineages, new_lineage
 from .conditioning import dataset_class_names
-from .evaluation import TrainingEvaluator, build_evaluator, read_best
+from .evaluation import TrainingEvaluator, build_evaluator, check_evaluation_data, read_best
 from .processes import on_main_process
 from .randomness import training_randomness_kept
 from .resume import ResumePoint, argument_defaults, check_resumable, resolve_resume_checkpoint, restore, run_record
@@ -81,6 +81,7 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     base_unet_config = unet_config(args)
 
     dataset, channels, dataloader = load_data(args)  # a bad path, column or image stops the run here
+    check_evaluation_data(args, dataset)
     class_names = dataset_class_names(dataset) if args.class_conditional else None
     if class_names is not None:  # the last embedding is the null class of classifier-free guidance
         base_unet_config = {**base_unet_config, "num_class_embeds": len(class_names) + 1}
@@ -129,12 +130,13 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
 
 def _prepare_evaluation(run: TrainingRun, resume: ResumePoint | None, channels: int) -> None:
     """The main process's evaluator, the evaluations a resumed checkpoint recorded, and the best one kept so far."""
-    run.evaluations = list(resume.state.get("evaluations", [])) if resume is not None else []
+    recorded = resume.state.get("evaluations") if resume is not None else None
+    run.evaluations = [e for e in recorded if isinstance(e, dict)] if isinstance(recorded, list) else []
 
     def prepare() -> None:
         with training_randomness_kept():
             run.evaluator = build_evaluator(run.args, run.family, channels)
-        run.best = read_best(run.args.output_dir, run.args.keep_best_by)
+        run.best = read_best(run.args.output_dir, run.args.keep_best_by, run.evaluations)
         logger.info("Evaluating every %d steps: %s", run.args.eval_steps, run.evaluator.cost())
 
     on_main_process(run.accelerator, prepare)

@@ -27,19 +27,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..data import DIGITS
+from ..data import DIGITS, load_image_dataset
 from ..evaluation.distributed import chunk_generator
 from ..evaluation.feature_classifier import (
     CLASSIFIER_SEED,
     FeatureClassifier,
     MissingLabelsError,
+    decode_images,
     default_classifier_resolution,
     load_images,
     load_or_train_classifier,
 )
 from ..evaluation.likelihood_report import ode_likelihood_report, stratified_likelihood
 from ..evaluation.metrics import feature_statistics, frechet_distance
-from ..evaluation.sample_quality import classifier_outputs, generate_samples
+from ..evaluation.sample_quality import baseline_draw_rows, classifier_outputs, generate_samples
 from ..images import uint8_to_model
 from ..json_utils import dumps
 from ..plots import line_plot
@@ -124,10 +125,10 @@ class TrainingEvaluator:
         )
         features, _ = classifier_outputs(self.classifier, samples, args.eval_batch_size)
         distance = frechet_distance(*feature_statistics(features), *self.reference)
-        return {
-            "classifier_frechet_distance": distance,
-            "classifier_frechet_distance_ratio": distance / self.frechet_baseline,
-        }
+        results = {"classifier_frechet_distance": distance}
+        if self.frechet_baseline:  # the offline report's ratio with --baseline_draws 1
+            results["classifier_frechet_distance_ratio"] = distance / self.frechet_baseline
+        return results
 
     def cost(self) -> str:
         """The network calls of one evaluation, in words (printed at the start of the run)."""
@@ -152,15 +153,34 @@ def _unconditional(unet, batch_size: int):
     return conditional_model(unet, torch.full((batch_size,), classes - 1, dtype=torch.long, device=unet.device))
 
 
-def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> TrainingEvaluator:
-    """Load the held-out images and, when there are samples to score, the feature classifier and the reference
-    statistics (main process).
+def check_evaluation_data(args: TrainingArguments, dataset) -> None:
+    """Refuse `--keep_best_by classifier_frechet_distance` on a training split without labels, before any model is
+    built (the feature classifier trains on the labels).
 
     Raises:
-        `ValueError`: `--keep_best_by classifier_frechet_distance` on a dataset without labels (no classifier).
+        `ValueError`: naming the flag and the columns the split has.
     """
-    source = {"dataset_name": args.dataset_name, "train_data_dir": args.train_data_dir}
-    source["image_column"] = args.image_column
+    if args.keep_best_by == "classifier_frechet_distance" and "label" not in dataset.column_names:
+        raise ValueError(
+            "--keep_best_by classifier_frechet_distance needs a dataset with labels (a 'label' column, or one "
+            f"sub-folder per class for --train_data_dir) to train its feature classifier; this one has the columns "
+            f"{dataset.column_names}. Accepted instead: held_out_loss, ode_bits_per_dim (DDPM also "
+            "held_out_bits_per_dim)."
+        )
+
+
+def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> TrainingEvaluator:
+    """Load the held-out images and, when there are samples to score, the feature classifier and the reference
+    statistics (main process). A dataset without labels has no classifier: the Fréchet distance is skipped with a
+    warning (`--keep_best_by classifier_frechet_distance` was refused before, by `check_evaluation_data`)."""
+    source = {
+        "dataset_name": args.dataset_name,
+        "dataset_config_name": args.dataset_config_name,
+        "train_data_dir": args.train_data_dir,
+        "image_column": args.image_column,
+        "cache_dir": args.cache_dir,
+    }
+    # the whole held-out split, decoded once: the Fréchet distance's reference, as in the offline evaluation
     held_out, _ = load_images(**source, split="test", resolution=args.resolution, channels=channels)
     evaluator = TrainingEvaluator(args, family, held_out[: args.eval_num_images])
     if not args.eval_num_samples:
@@ -169,6 +189,8 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
     try:
         classifier = load_or_train_classifier(
             dataset_name=args.dataset_name or DIGITS,
+            dataset_config_name=args.dataset_config_name,
+            dataset_cache_dir=args.cache_dir,
             train_data_dir=args.train_data_dir,
             image_column=args.image_column,
             resolution=resolution,
@@ -176,16 +198,15 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
             seed=CLASSIFIER_SEED,
         )
     except MissingLabelsError as err:
-        if args.keep_best_by == "classifier_frechet_distance":
-            raise ValueError(f"--keep_best_by classifier_frechet_distance: {err}") from None
         logger.warning("the in-training Fréchet distance is skipped: %s", err)
         return evaluator
-    train, _ = load_images(**source, split="train", resolution=args.resolution, channels=channels)
-    # the evaluation's baseline draw: as many training images as samples, chosen by the seed
-    rows = np.sort(np.random.default_rng(args.seed).permutation(len(train))[: args.eval_num_samples])
+    train = load_image_dataset(**source, split="train")
+    # the offline evaluation's baseline draw 0: as many training images as samples; only those are decoded
+    (rows,) = baseline_draw_rows(len(train), args.eval_num_samples, 1, args.seed)
+    baseline_images, _ = decode_images(train.select(rows), args.resolution, channels)
     evaluator.classifier = classifier
     evaluator.reference = feature_statistics(classifier_outputs(classifier, held_out, args.eval_batch_size)[0])
-    baseline = classifier_outputs(classifier, train[rows], args.eval_batch_size)[0]
+    baseline = classifier_outputs(classifier, baseline_images, args.eval_batch_size)[0]
     evaluator.frechet_baseline = frechet_distance(*feature_statistics(baseline), *evaluator.reference)
     return evaluator
 
@@ -204,8 +225,13 @@ def save_best(pipe: ShareablePipeline, output_dir: str, result: dict[str, Any]) 
         (staging / BEST_RECORD).write_text(dumps(result, indent=2))
 
 
-def read_best(output_dir: str, metric: str | None) -> dict[str, Any] | None:
-    """The evaluation of the pipeline kept in `<output_dir>/best` by an earlier run on `metric`, if any."""
+def read_best(output_dir: str, metric: str | None, evaluations: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The evaluation of the pipeline kept in `<output_dir>/best` on `metric`, when it is one of `evaluations`
+    (those the resumed checkpoint recorded: this run's lineage up to its step), else None.
+
+    A `best/` of another run in a reused folder, or of a later part of this run that the resume discards, is not
+    compared against: the next evaluation replaces it.
+    """
     path = Path(output_dir) / BEST_DIR / BEST_RECORD
     if metric is None or not path.is_file() or path.stat().st_size > 1 << 20:
         return None
@@ -213,10 +239,19 @@ def read_best(output_dir: str, metric: str | None) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get(metric), float) else None
+    if not isinstance(record, dict) or not isinstance(record.get(metric), float):
+        return None
+    if not any(e.get("step") == record.get("step") and e.get(metric) == record[metric] for e in evaluations):
+        logger.warning(
+            "%s holds the pipeline of an evaluation this run did not make (step %s); the next evaluation replaces it",
+            path.parent,
+            record.get("step"),
+        )
+        return None
+    return record
 
 
-def plot_elbo_terms(points: list[tuple[float, float]], path: Path) -> None:
+def plot_stratum_terms(points: list[tuple[float, float]], path: Path) -> None:
     """The stratified ELBO's mean term per stratum against its mean timestep (log y)."""
     line_plot(
         {"ELBO term": points},

@@ -24,7 +24,7 @@ from ..progress import tqdm_kwargs
 from .build import TrainingRun, build_run
 from .checkpoints import list_checkpoints
 from .conditioning import conditional_model, drop_labels
-from .evaluation import is_better, plot_elbo_terms, save_best
+from .evaluation import is_better, plot_stratum_terms, save_best
 from .process_report import digest, process_report_enabled, write_process_report
 from .processes import build_accelerator, on_main_process
 from .randomness import training_randomness_kept
@@ -237,7 +237,7 @@ def _evaluate(run: TrainingRun) -> None:
         if terms is not None:
             path = Path(run.args.output_dir) / "previews" / f"elbo-terms-step-{step}.png"
             path.parent.mkdir(exist_ok=True)
-            plot_elbo_terms(terms, path)
+            plot_stratum_terms(terms, path)
             with Image.open(path) as image:
                 log_image(accelerator, "elbo_terms", image, step)
         run.evaluations.append(result)

@@ -16,7 +16,8 @@ def training_randomness_kept() -> Iterator[None]:
     a preview or an evaluation must not change the noise of the steps after it (building the model copy they sample
     from draws initial weights from torch's global generator)."""
     python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002 (what set_seed seeds)
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # this process's device only: fork_rng on every visible device would initialise CUDA on each of them
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         try:
             yield

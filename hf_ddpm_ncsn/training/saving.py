@@ -17,6 +17,7 @@ from ..progress import tqdm_kwargs
 from ..sharing.atomic import atomic_directory, clean_stale
 from ..sharing.hub import HubPushError, push_folder_to_hub
 from .checkpoints import CHECKPOINT_PREFIX, prune, publish_checkpoint, recover, staging_path, write_state
+from .evaluation import BEST_DIR
 from .model_card import write_model_card
 from .processes import on_main_process
 from .randomness import training_randomness_kept
@@ -36,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 def prepare_output_dir(output_dir: str) -> None:
     """Create the output folder, after repairing what an interrupted write left: a backup of the folder itself
-    (before anything re-creates it empty), then the checkpoints' staging and deleting folders."""
+    (before anything re-creates it empty), then the checkpoints' staging and deleting folders and those of
+    `best/` (before anything reads it, and before the final switch would carry them into the new folder)."""
     folder = os.path.realpath(output_dir)  # a symlinked folder's backup lies beside the folder it points to
     clean_stale(folder)
     os.makedirs(folder, exist_ok=True)
     recover(folder)
+    clean_stale(os.path.join(folder, BEST_DIR))
 
 
 def save_checkpoint(
