@@ -120,7 +120,7 @@ def load_images(
     resolution: int = 8,
     channels: int = 1,
     dataset_config_name: str | None = None,
-    cache_dir: str | None = None,
+    dataset_cache_dir: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One split of a dataset as uint8 images, prepared as for training (`hf_ddpm_ncsn.data.ImageTransform` with a
     center crop), with its labels when the dataset has a label column.
@@ -133,7 +133,7 @@ def load_images(
         resolution (`int`, defaults to 8): output height and width.
         channels (`int`, defaults to 1): 1 or 3.
         dataset_config_name (`str`, *optional*): the dataset's configuration, as for training.
-        cache_dir (`str`, *optional*): where `datasets` caches downloads, as for training.
+        dataset_cache_dir (`str`, *optional*): where `datasets` caches downloads (training's `--cache_dir`).
 
     Returns:
         `tuple`: uint8 images (N, C, resolution, resolution) and int64 labels (N,), or `None` without labels.
@@ -144,7 +144,7 @@ def load_images(
         train_data_dir=train_data_dir,
         image_column=image_column,
         split=split,
-        cache_dir=cache_dir,
+        cache_dir=dataset_cache_dir,
     )
     return decode_images(dataset, resolution, channels)
 
@@ -313,7 +313,7 @@ def load_or_train_classifier(
         "resolution": resolution,
         "channels": channels,
         "dataset_config_name": dataset_config_name,
-        "cache_dir": dataset_cache_dir,
+        "dataset_cache_dir": dataset_cache_dir,
     }
     model = _train_on_dataset(source, dataset_id, seed, training, settings)
     _save(model, weights_path, info_path)

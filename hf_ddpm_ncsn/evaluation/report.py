@@ -92,7 +92,7 @@ class _Settings:
             "train_data_dir": self.train_data_dir,
             "image_column": self.image_column,
             "dataset_config_name": self.dataset_config_name,
-            "cache_dir": self.dataset_cache_dir,
+            "dataset_cache_dir": self.dataset_cache_dir,
         }
 
 
@@ -344,11 +344,7 @@ def _classifier(
     """The dataset's feature classifier and its report section, or None and why it is missing."""
     try:
         classifier = load_or_train_classifier(
-            dataset_name=settings.dataset_name or DIGITS,
-            train_data_dir=settings.train_data_dir,
-            image_column=settings.image_column,
-            dataset_config_name=settings.dataset_config_name,
-            dataset_cache_dir=settings.dataset_cache_dir,
+            **settings.source,
             resolution=resolution,
             channels=channels,
             # fixed, not the evaluation seed: every evaluation of a dataset measures in the same feature space

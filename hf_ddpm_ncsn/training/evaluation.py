@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..data import DIGITS, load_image_dataset
+from ..data import load_image_dataset
 from ..evaluation.distributed import chunk_generator
 from ..evaluation.feature_classifier import (
     CLASSIFIER_SEED,
@@ -178,7 +178,7 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
         "dataset_config_name": args.dataset_config_name,
         "train_data_dir": args.train_data_dir,
         "image_column": args.image_column,
-        "cache_dir": args.cache_dir,
+        "dataset_cache_dir": args.cache_dir,
     }
     # the whole held-out split, decoded once: the Fréchet distance's reference, as in the offline evaluation
     held_out, _ = load_images(**source, split="test", resolution=args.resolution, channels=channels)
@@ -187,20 +187,13 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
         return evaluator
     resolution = default_classifier_resolution(args.dataset_name, args.train_data_dir, args.resolution)
     try:
-        classifier = load_or_train_classifier(
-            dataset_name=args.dataset_name or DIGITS,
-            dataset_config_name=args.dataset_config_name,
-            dataset_cache_dir=args.cache_dir,
-            train_data_dir=args.train_data_dir,
-            image_column=args.image_column,
-            resolution=resolution,
-            channels=channels,
-            seed=CLASSIFIER_SEED,
-        )
+        classifier = load_or_train_classifier(**source, resolution=resolution, channels=channels, seed=CLASSIFIER_SEED)
     except MissingLabelsError as err:
         logger.warning("the in-training Fréchet distance is skipped: %s", err)
         return evaluator
-    train = load_image_dataset(**source, split="train")
+    train = load_image_dataset(
+        args.dataset_name, args.dataset_config_name, args.train_data_dir, args.image_column, cache_dir=args.cache_dir
+    )
     # the offline evaluation's baseline draw 0: as many training images as samples; only those are decoded
     (rows,) = baseline_draw_rows(len(train), args.eval_num_samples, 1, args.seed)
     baseline_images, _ = decode_images(train.select(rows), args.resolution, channels)
