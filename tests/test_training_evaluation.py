@@ -203,7 +203,7 @@ def test_keep_best_by_the_classifier_distance_is_refused_without_labels_before_a
     def no_model(*args, **kwargs):
         raise AssertionError("a model was built before the data was checked")
 
-    monkeypatch.setattr(training_build, "build_ema", no_model)
+    monkeypatch.setattr(training_build, "set_seed", no_model)  # the first step of building the model
     argv = ["--train_data_dir", str(images), "--train_batch_size", "2", "--eval_steps", "1"]
     argv += ["--keep_best_by", "classifier_frechet_distance"]
     assert main("ddpm", [*_short_run(tmp_path), *argv]) == 1

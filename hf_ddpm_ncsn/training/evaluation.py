@@ -172,7 +172,12 @@ def check_evaluation_data(args: TrainingArguments, dataset) -> None:
 def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> TrainingEvaluator:
     """Load the held-out images and, when there are samples to score, the feature classifier and the reference
     statistics (main process). A dataset without labels has no classifier: the Fréchet distance is skipped with a
-    warning (`--keep_best_by classifier_frechet_distance` was refused before, by `check_evaluation_data`)."""
+    warning.
+
+    Raises:
+        `ValueError`: `--keep_best_by classifier_frechet_distance` and no labels in the held-out split (those in the
+            training split were checked before any model was built, by `check_evaluation_data`).
+    """
     source = {
         "dataset_name": args.dataset_name,
         "dataset_config_name": args.dataset_config_name,
@@ -188,7 +193,9 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
     resolution = default_classifier_resolution(args.dataset_name, args.train_data_dir, args.resolution)
     try:
         classifier = load_or_train_classifier(**source, resolution=resolution, channels=channels, seed=CLASSIFIER_SEED)
-    except MissingLabelsError as err:
+    except MissingLabelsError as err:  # labels in the training split only: check_evaluation_data let it through
+        if args.keep_best_by == "classifier_frechet_distance":
+            raise ValueError(f"--keep_best_by classifier_frechet_distance: {err}") from None
         logger.warning("the in-training Fréchet distance is skipped: %s", err)
         return evaluator
     train = load_image_dataset(
@@ -196,7 +203,7 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
     )
     # the offline evaluation's baseline draw 0: as many training images as samples; only those are decoded
     (rows,) = baseline_draw_rows(len(train), args.eval_num_samples, 1, args.seed)
-    baseline_images, _ = decode_images(train.select(rows), args.resolution, channels)
+    baseline_images, _ = decode_images(train.select(rows, keep_in_memory=True), args.resolution, channels)
     evaluator.classifier = classifier
     evaluator.reference = feature_statistics(classifier_outputs(classifier, held_out, args.eval_batch_size)[0])
     baseline = classifier_outputs(classifier, baseline_images, args.eval_batch_size)[0]
