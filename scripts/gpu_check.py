@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The GPU path in one prepared run: the benchmark, then a short mixed-precision training of a CIFAR-sized DDPM and
-NCSN (32x32 RGB, synthetic images) per precision, sampling and the likelihoods of the saved pipelines.
+NCSN (32x32 RGB, synthetic images) per precision, sampling and the likelihoods of the saved pipelines, and
+`scripts/evaluate.py --device` on one of them.
 
     python scripts/gpu_check.py --device cuda --output_dir gpu-check        # about 6 minutes on one GPU
     python scripts/gpu_check.py --device cpu --quick --output_dir /tmp/gc  # tiny settings, bf16 only (the test)
@@ -113,6 +114,28 @@ def measure(family: str, precision: str, folder: Path, data: Path, device: str, 
     return row
 
 
+def evaluate_offline(pipeline: Path, data: Path, device: str, out: Path, s: dict) -> dict:
+    """scripts/evaluate.py --device on a saved pipeline (sampling and the stratified ELBO; the data have no labels,
+    so no classifier metrics): the report must say it ran on `device`."""
+    command = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--pipeline", str(pipeline), "--train_data_dir",
+               str(data), "--cache_dir", str(data.parent / "cache"), "--device", device, "--num_samples",
+               str(s["samples"]), "--batch_size", str(s["samples"]), "--num_elbo_images", str(s["likelihood_images"]),
+               "--elbo_strata", str(s["strata"]), "--num_inference_steps", str(s["ddpm_steps"]),
+               "--no_ode_likelihood", "--reference_bootstraps", "0", "--output_dir", str(out)]  # fmt: skip
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    report = json.loads((out / "report.json").read_text())
+    if not report["device"].startswith(device):
+        raise RuntimeError(f"scripts/evaluate.py --device {device} ran on {report['device']}")
+    return {
+        "device": report["device"],
+        "stratified_bpd": report["likelihood"]["stratified"]["bits_per_dim"],
+        "seconds": report["timings"]["total"],
+    }
+
+
 def benchmark(device: str, quick: bool, out: Path) -> None:
     """scripts/benchmark.py at settings that take 2-3 minutes on a GPU (seconds with --quick)."""
     small = ["--repeats", "1", "--resolution", "8", "--channels", "8", "16", "--batch_size", "2", "--skip_training"]
@@ -167,9 +190,15 @@ def main(argv: list[str] | None = None) -> None:
         for family in ("ddpm", "ncsn"):
             rows.append(measure(family, precision, out / f"{family}-{precision}", out / "data", args.device, s))
             print(json.dumps(rows[-1]), flush=True)
-    (out / "gpu_check.json").write_text(json.dumps({"device": label, "settings": s, "rows": rows}, indent=2))
-    (out / "gpu_check.md").write_text(table(rows, label, s))
-    print(table(rows, label, s))
+    offline = evaluate_offline(out / "ddpm-bf16", out / "data", args.device, out / "eval-ddpm-bf16", s)
+    summary = {"device": label, "settings": s, "rows": rows, "evaluate": offline}
+    (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
+    text = table(rows, label, s) + (
+        f"\n`scripts/evaluate.py --device {args.device}` on the bf16 DDPM ran on {offline['device']}: stratified "
+        f"ELBO {offline['stratified_bpd']:.2f} bits/dim, {offline['seconds']:.1f} s in all.\n"
+    )
+    (out / "gpu_check.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

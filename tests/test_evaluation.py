@@ -19,7 +19,7 @@ from support.tiny_models import tiny_ddpm, tiny_ncsn, tiny_unet
 
 import hf_ddpm_ncsn.evaluation.feature_classifier as feature_classifier_module
 import hf_ddpm_ncsn.evaluation.report as evaluation_report
-from hf_ddpm_ncsn import DDPMPosteriorScheduler
+from hf_ddpm_ncsn import DDPMPosteriorScheduler, NCSNPipeline
 from hf_ddpm_ncsn.evaluation import (
     BASELINE_MODELS,
     INCEPTION_MISSING,
@@ -355,6 +355,32 @@ def test_evaluate_loads_every_split_with_the_dataset_configuration_and_cache(tmp
     assert {call[:3] for call in calls} == {("some/dataset", "small", str(tmp_path / "hf"))}
     assert {call[3] for call in calls} == {"train", "test"}
     assert len(calls) == 4  # held-out and train for the evaluation, the same two for the classifier
+
+
+def test_evaluate_puts_a_loaded_pipeline_on_the_device_and_leaves_a_given_one_where_it_is(
+    tmp_path, monkeypatch, cache_root
+):
+    """A loaded pipeline goes to `device` (default: the process's accelerate device, the CPU here); a pipeline
+    object is moved only when `device` is given. The report names the device the networks ran on."""
+    moved, original = [], NCSNPipeline.to
+
+    def recording(self, *args, **kwargs):
+        moved.append(args[0] if args else kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NCSNPipeline, "to", recording)
+    tiny_ncsn().save_pretrained(tmp_path / "pipe")
+    kwargs = {"num_samples": 8, "batch_size": 8, "sample_kwargs": {"num_langevin_steps": 1}, "ode_likelihood": False}
+    kwargs.update(baseline_draws=1, reference_bootstraps=0, classifier_cache_dir=cache_root / "classifiers")
+    for device, expected in ((None, torch.device("cpu")), ("cpu", torch.device("cpu"))):
+        moved.clear()
+        report = evaluate(str(tmp_path / "pipe"), device=device, output_dir=tmp_path / "eval", **kwargs)
+        assert moved == [expected] and report["device"] == "cpu"
+    moved.clear()
+    evaluate(tiny_ncsn(), **kwargs)
+    assert moved == []
+    with pytest.raises(ValueError, match="device 'cuda:64': this machine has"):
+        evaluate(tiny_ncsn(), device="cuda:64", **kwargs)
 
 
 def test_evaluate_reports_the_baseline_over_its_draws_and_prints_the_ratio(cache_root: Path, digits):
@@ -803,6 +829,8 @@ def _evaluate_script():
         (["--dataset_name", "x", "--train_data_dir", "."], "argument --train_data_dir: not allowed with argument"),
         (["--train_data_dir", "no-such-folder"], "argument --train_data_dir: no-such-folder is not an existing"),
         (["--dataset_config_name", "small"], "argument --dataset_config_name: needs --dataset_name"),
+        (["--device", "gpu"], "argument --device: device 'gpu' is not one of: cpu, cuda, cuda:<index>, mps"),
+        (["--device", "cuda:64"], "argument --device: device 'cuda:64': this machine has"),
         (["--elbo_strata", "-1"], "argument --elbo_strata: must be an integer >= 0, got -1"),
         (["--num_langevin_steps", "0"], "argument --num_langevin_steps: must be an integer >= 1, got 0"),
         (["--batch_size", "many"], "argument --batch_size/--batch-size: invalid int value: 'many'"),
@@ -835,6 +863,7 @@ def test_the_script_passes_its_defaults_and_sampling_flags_to_evaluate(tmp_path,
         "seed": 0,
         "baseline_draws": 5,
         "reference_bootstraps": 50,
+        "device": None,
         "inception_weights": None,
         "output_dir": str(tmp_path / "pipe" / "eval"),
         "sample_kwargs": {"num_langevin_steps": 3},

@@ -23,6 +23,8 @@ def test_gpu_check_runs_on_cpu_and_writes_the_table(tmp_path):
     for row in report["rows"]:
         assert row["train_img_s"] > 0 and row["sample_img_s"] > 0 and row["ode_img_s"] > 0
     assert report["rows"][0]["elbo_bpd"] > 0
+    assert report["evaluate"]["device"] == "cpu" and report["evaluate"]["stratified_bpd"] > 0
     table = (tmp_path / "gpu_check.md").read_text()
     assert "CPU (not a GPU measurement)" in table and "| DDPM | bf16 |" in table and "| NCSN | bf16 |" in table
+    assert "`scripts/evaluate.py --device cpu` on the bf16 DDPM ran on cpu" in table
     assert json.loads((tmp_path / "benchmark.json").read_text())["rows"]

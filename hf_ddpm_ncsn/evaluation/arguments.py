@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 
 from ..argument_errors import describe_unknown_flags
 from ..data import DIGITS
+from .distributed import evaluation_device
 from .loading import default_output_dir
 
 # owner/name or name, as the Hub spells repo ids
@@ -81,6 +82,11 @@ class EvaluationArguments:
         "A local TorchScript Inception feature extractor (float images in [0, 255], (N, 3, 299, 299) -> (N, 2048)) "
         "to also compute FID and KID; without it they are skipped, with a note in the report.",
     )
+    device: str | None = _arg(
+        None,
+        "Where the networks run: cpu, cuda, cuda:<index> or mps (default: this process's accelerate device, its own "
+        "GPU under accelerate launch, else the GPU when there is one, else the CPU).",
+    )
     output_dir: str | None = _arg(
         None,
         "Where report.json, samples.png and elbo_terms.png go (default: <pipeline>/eval for a folder, eval-<name> "
@@ -130,6 +136,11 @@ class EvaluationArguments:
             value = getattr(self, name)
             if value is not None and value < minimum:
                 raise ValueError(f"argument --{name}: must be an integer >= {minimum}, got {value}")
+        if self.device is not None:
+            try:
+                evaluation_device(self.device)
+            except ValueError as err:
+                raise ValueError(f"argument --device: {err}") from None
         for name in ("ode_rtol", "ode_atol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"argument --{name}: must be a positive number, got {getattr(self, name)}")
@@ -169,6 +180,7 @@ class EvaluationArguments:
             "seed": self.seed,
             "baseline_draws": self.baseline_draws,
             "reference_bootstraps": self.reference_bootstraps,
+            "device": self.device,
             "inception_weights": self.inception_weights,
             "output_dir": self.output_dir or default_output_dir(self.pipeline),
             "sample_kwargs": self.sample_kwargs(),

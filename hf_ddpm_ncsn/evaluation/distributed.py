@@ -76,6 +76,29 @@ def current_shard() -> Shard:
     return Shard(rank=state.process_index, world_size=state.num_processes)
 
 
+def evaluation_device(device: str | torch.device | None = None) -> torch.device:
+    """Where this process's networks run: `device` when given, else accelerate's device for the process (its own GPU
+    under `accelerate launch` on GPUs, the GPU when there is one, else the CPU).
+
+    Raises:
+        `ValueError`: not a device of torch's, or one this machine does not have.
+    """
+    if device is None:
+        return PartialState(cpu=not torch.cuda.is_available()).device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not one of: cpu, cuda, cuda:<index>, mps")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if resolved.type == "cuda" and (resolved.index or 0) >= count:
+        raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    return resolved
+
+
 def main_process_first(shard: Shard, work: Callable[[], T]) -> T:
     """work() on the main process, then on the others (e.g. a download, or training a classifier that the others
     then load from its cache). A failure on the main process is raised on every process, instead of leaving the

@@ -25,7 +25,7 @@ from ..pipelines import DDPMPosteriorPipeline, NCSNPipeline
 from ..plots import image_grid, save_png
 from ..schedulers.validation import check_bool, check_positive_float, check_positive_int
 from ..sharing.atomic import atomic_write_text
-from .distributed import Shard, current_shard, main_process_first
+from .distributed import Shard, current_shard, evaluation_device, main_process_first
 from .feature_classifier import (
     CLASSIFIER_SEED,
     FeatureClassifier,
@@ -131,6 +131,7 @@ def evaluate(
     kid_subset_size: int = 1000,
     baseline_draws: int = 5,
     reference_bootstraps: int = 50,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Evaluate a pipeline on the held-out split of its dataset and write the report (see `hf_ddpm_ncsn.evaluation`).
 
@@ -170,6 +171,10 @@ def evaluate(
             Fréchet distance as a ratio to that mean (`sample_quality.baseline_spread`).
         reference_bootstraps (`int`, defaults to 50): bootstrap resamples of the held-out images for the spread
             that the fixed reference puts on the Fréchet distances (0 skips it).
+        device (`str` or `torch.device`, *optional*): where the networks run (sampling and likelihoods; the
+            classifier metrics are computed on the CPU). Default: a loaded pipeline goes to this process's
+            accelerate device (under `accelerate launch` on GPUs each process's own GPU, else the GPU when there is
+            one, else the CPU); a pipeline object stays where it is.
 
     Under `accelerate launch` the processes share the sampling, the ELBO, its stratified estimate and the ODE
     likelihood (`hf_ddpm_ncsn.evaluation.distributed`: the same numbers for any number of processes), every process
@@ -181,6 +186,7 @@ def evaluate(
     _check_counts(num_samples, batch_size, elbo_strata, num_elbo_images)
     check_baseline_settings(baseline_draws, reference_bootstraps)
     _check_ode_settings(ode_likelihood, ode_probes, ode_rtol, ode_atol)
+    target = evaluation_device(device)
     shard = current_shard()
     shard.check_chunks(f"--num_samples {num_samples} samples", num_samples, batch_size)
     # loaded first: a wrong path fails before minutes of sampling
@@ -188,6 +194,8 @@ def evaluate(
     started = time.perf_counter()
     # a Hub download once, by the main process, before the others read its cache
     pipe = main_process_first(shard, lambda: load_pipeline(pipeline_or_path))
+    if device is not None or not isinstance(pipeline_or_path, DiffusionPipeline):
+        pipe = pipe.to(target)
     settings = _Settings(
         dataset_name=dataset_name,
         train_data_dir=train_data_dir,
@@ -326,6 +334,7 @@ def _header(
         "pipeline_class": type(pipe).__name__,
         "dataset": settings.train_data_dir or settings.dataset_name or DIGITS,
         "dataset_config_name": settings.dataset_config_name,
+        "device": str(pipe.device),
         "seed": settings.seed,
         "num_processes": settings.shard.world_size,
         "sample_kwargs": dict(settings.sample_kwargs),
