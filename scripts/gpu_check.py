@@ -65,6 +65,14 @@ def write_images(folder: Path, count: int, size: int) -> None:
         PIL.Image.fromarray(pixels).save(folder / "train" / f"{i:04d}.png")
 
 
+def run_script(command: list[str]) -> None:
+    """Run one of the repository's scripts offline; its stderr's tail in the error when it fails."""
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+
+
 def train(family: str, precision: str, data: Path, out: Path, s: dict) -> float:
     """Run scripts/train_<family>.py; the images/s it reports in metrics.json (its own clock, set-up excluded)."""
     common = ["--train_data_dir", str(data), "--cache_dir", str(data.parent / "cache"), "--resolution",
@@ -76,11 +84,7 @@ def train(family: str, precision: str, data: Path, out: Path, s: dict) -> float:
         extra = ["--ddpm_num_steps", str(s["timesteps"])]
     else:
         extra = ["--num_noise_levels", str(s["levels"]), "--num_langevin_steps", str(s["langevin"])]
-    command = [sys.executable, str(ROOT / "scripts" / f"train_{family}.py"), *common, *extra]
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    run_script([sys.executable, str(ROOT / "scripts" / f"train_{family}.py"), *common, *extra])
     return json.loads((out / "metrics.json").read_text())["images_per_second"]
 
 
@@ -122,10 +126,7 @@ def evaluate_offline(pipeline: Path, data: Path, device: str, out: Path, s: dict
                str(s["samples"]), "--batch_size", str(s["samples"]), "--num_elbo_images", str(s["likelihood_images"]),
                "--elbo_strata", str(s["strata"]), "--num_inference_steps", str(s["ddpm_steps"]),
                "--no_ode_likelihood", "--reference_bootstraps", "0", "--output_dir", str(out)]  # fmt: skip
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    run_script(command)
     report = json.loads((out / "report.json").read_text())
     if not report["device"].startswith(device):
         raise RuntimeError(f"scripts/evaluate.py --device {device} ran on {report['device']}")

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from support.tiny_models import tiny_ddpm
 from test_training import SCRIPTS, TINY_DDPM, TINY_NCSN, TWO_GLOO_PROCESSES, _short_run, _write_png
 
+from hf_ddpm_ncsn.data import load_image_dataset
 from hf_ddpm_ncsn.evaluation.feature_classifier import load_images
 from hf_ddpm_ncsn.families import make_family
 from hf_ddpm_ncsn.training import build as training_build
@@ -240,24 +241,25 @@ def test_preparing_the_output_folder_repairs_an_interrupted_switch_of_best(tmp_p
 
 
 def test_the_evaluation_reads_the_dataset_configuration_and_cache_of_the_training(tmp_path, monkeypatch):
-    """--dataset_config_name and --cache_dir reach every split the in-training evaluation loads (held-out,
-    classifier, baseline), as they reach the training's; the baseline decodes only its own rows."""
-    calls, real = [], training_evaluation.load_image_dataset
+    """--dataset_config_name and --cache_dir reach every split the in-training evaluation loads (held-out and
+    classifier; the baseline's rows come from the training's own split), as they reach the training's; the baseline
+    decodes only its own rows."""
+    calls, real = [], load_image_dataset
 
     def recording(dataset_name=None, dataset_config_name=None, train_data_dir=None, image_column=None, split="train",
                   cache_dir=None, **kwargs):  # fmt: skip
         calls.append((dataset_name, dataset_config_name, cache_dir, split))
         return real(train_data_dir=train_data_dir, image_column=image_column, split=split)  # the digits
 
-    for module in ("hf_ddpm_ncsn.training.evaluation", "hf_ddpm_ncsn.evaluation.feature_classifier"):
-        monkeypatch.setattr(f"{module}.load_image_dataset", recording)
+    monkeypatch.setattr("hf_ddpm_ncsn.evaluation.feature_classifier.load_image_dataset", recording)
     decoded, decode = [], training_evaluation.decode_images
     monkeypatch.setattr(training_evaluation, "decode_images", lambda d, *a: decoded.append(len(d)) or decode(d, *a))
     monkeypatch.setenv("HF_DDPM_NCSN_CACHE", str(tmp_path / "classifiers"))
     argv = ["--resolution", "8", "--ddpm_num_steps", "20", "--dataset_name", "some/dataset", "--dataset_config_name",
             "small", "--cache_dir", str(tmp_path / "hf"), "--eval_steps", "1", "--eval_num_samples", "16"]  # fmt: skip
     args, ddpm_args = parse_training_arguments("ddpm", argv)
-    evaluator = training_evaluation.build_evaluator(args, make_family("ddpm", ddpm_args), channels=1)
+    train = recording("some/dataset", "small", cache_dir=str(tmp_path / "hf"))  # the split build_run loaded
+    evaluator = training_evaluation.build_evaluator(args, make_family("ddpm", ddpm_args), 1, train)
     assert evaluator.classifier is not None and evaluator.frechet_baseline > 0
     assert {call[:3] for call in calls} == {("some/dataset", "small", str(tmp_path / "hf"))}
     assert {call[3] for call in calls} == {"train", "test"}

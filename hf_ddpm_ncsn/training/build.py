@@ -124,18 +124,19 @@ def build_run(args: TrainingArguments, family: Family, accelerator: Accelerator)
     _start_trackers(run)
     _log_start(run, len(dataset), channels)
     if args.eval_steps:
-        _prepare_evaluation(run, resume, channels)
+        _prepare_evaluation(run, resume, channels, dataset)
     return run
 
 
-def _prepare_evaluation(run: TrainingRun, resume: ResumePoint | None, channels: int) -> None:
-    """The main process's evaluator, the evaluations a resumed checkpoint recorded, and the best one kept so far."""
+def _prepare_evaluation(run: TrainingRun, resume: ResumePoint | None, channels: int, train) -> None:
+    """The main process's evaluator (its baseline drawn from `train`, the training split), the evaluations a resumed
+    checkpoint recorded, and the best one kept so far."""
     recorded = resume.state.get("evaluations") if resume is not None else None
     run.evaluations = [e for e in recorded if isinstance(e, dict)] if isinstance(recorded, list) else []
 
     def prepare() -> None:
         with training_randomness_kept():
-            run.evaluator = build_evaluator(run.args, run.family, channels)
+            run.evaluator = build_evaluator(run.args, run.family, channels, train)
         run.best = read_best(run.args.output_dir, run.args.keep_best_by, run.evaluations)
         logger.info("Evaluating every %d steps: %s", run.args.eval_steps, run.evaluator.cost())
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import datasets
 import numpy as np
 import torch
 
-from ..data import load_image_dataset
 from ..evaluation.distributed import chunk_generator
 from ..evaluation.feature_classifier import (
     CLASSIFIER_SEED,
@@ -169,10 +169,12 @@ def check_evaluation_data(args: TrainingArguments, dataset) -> None:
         )
 
 
-def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> TrainingEvaluator:
+def build_evaluator(
+    args: TrainingArguments, family: Family, channels: int, train: datasets.Dataset
+) -> TrainingEvaluator:
     """Load the held-out images and, when there are samples to score, the feature classifier and the reference
-    statistics (main process). A dataset without labels has no classifier: the Fréchet distance is skipped with a
-    warning.
+    statistics (main process), the baseline's images taken from `train`, the run's training split (undecoded). A
+    dataset without labels has no classifier: the Fréchet distance is skipped with a warning.
 
     Raises:
         `ValueError`: `--keep_best_by classifier_frechet_distance` and no labels in the held-out split (those in the
@@ -198,9 +200,6 @@ def build_evaluator(args: TrainingArguments, family: Family, channels: int) -> T
             raise ValueError(f"--keep_best_by classifier_frechet_distance: {err}") from None
         logger.warning("the in-training Fréchet distance is skipped: %s", err)
         return evaluator
-    train = load_image_dataset(
-        args.dataset_name, args.dataset_config_name, args.train_data_dir, args.image_column, cache_dir=args.cache_dir
-    )
     # the offline evaluation's baseline draw 0: as many training images as samples; only those are decoded
     (rows,) = baseline_draw_rows(len(train), args.eval_num_samples, 1, args.seed)
     baseline_images, _ = decode_images(train.select(rows, keep_in_memory=True), args.resolution, channels)
